@@ -1,0 +1,143 @@
+"""The ``ctdenoise`` console script: the same commands run in pods, Airflow tasks and by hand.
+
+Expected problems (:class:`ctdenoise.errors.CtDenoiseError`) print one line on stderr and exit
+with status 2; results are printed as JSON lines on stdout so that callers (the DAG, XCom
+sidecars, shell pipelines) can parse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def _emit(record: dict) -> None:
+    print(json.dumps(record, sort_keys=True), flush=True)
+
+
+def _ranks(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from ctdenoise.phantom import write_phantom_series
+
+    _emit(
+        write_phantom_series(
+            args.out, size=args.size, slices=args.slices, photons=args.photons, seed=args.seed, truth=args.truth
+        )
+    )
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ctdenoise.convert import convert
+
+    written = 0
+    for record in convert(args.src, args.dst):
+        _emit(record)
+        written += record.get("status") == "written"
+    if written == 0:
+        print(f"error: no CT series could be converted from {args.src}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_svd(args: argparse.Namespace) -> int:
+    from ctdenoise.decomposition import svd_numpy
+
+    _emit(svd_numpy(args.matrix, args.out, rank=args.rank, method=args.method, seed=args.seed))
+    return 0
+
+
+def cmd_ranks(args: argparse.Namespace) -> int:
+    from ctdenoise.matrix_store import read_svd
+    from ctdenoise.ranks import select_ranks
+
+    s, _, attrs = read_svd(args.svd)
+    for choice in select_ranks(
+        s, tuple(attrs["matrix_shape"]), ranks=args.ranks, drop_percents=args.drop_percents, auto=args.auto
+    ):
+        _emit(choice.as_dict())
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from ctdenoise.writer import reconstruct
+
+    _emit(reconstruct(args.matrix, args.svd, args.dst, rank=args.rank, reference_url=args.reference))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctdenoise", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantom", help="simulate a low-dose CT series (DICOM)")
+    p.add_argument("out", help="output folder or URL for the low-dose series")
+    p.add_argument("--size", type=int, default=512, help="rows = columns (pixels)")
+    p.add_argument("--slices", type=int, default=64)
+    p.add_argument("--photons", type=float, default=2e4, help="incident photons per ray (dose)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truth", help="also write the noise-free phantom series here")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("convert", help="DICOM series -> Zarr matrices (voxels x slices, HU)")
+    p.add_argument("src", help="folder or fsspec URL prefix holding DICOM files")
+    p.add_argument("dst", help="folder or URL receiving <SeriesInstanceUID>.zarr")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("svd", help="single-machine SVD of a matrix (tests; Spark job: spark/dssvd.py)")
+    p.add_argument("matrix")
+    p.add_argument("out")
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--method", choices=["auto", "exact", "stochastic"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_svd)
+
+    p = sub.add_parser("ranks", help="ranks to reconstruct from an SVD's spectrum")
+    p.add_argument("svd")
+    p.add_argument("--ranks", type=_ranks, default=None, help="explicit ranks, e.g. 5,10,20")
+    p.add_argument("--drop-percents", type=_floats, default=None, help="the seed's rule, e.g. 0.1,1,5,10,30")
+    p.add_argument("--auto", action=argparse.BooleanOptionalAction, default=True, help="Gavish-Donoho rank")
+    p.set_defaults(func=cmd_ranks)
+
+    p = sub.add_parser("reconstruct", help="write the rank-r denoised DICOM series, preview and metrics")
+    p.add_argument("matrix", help="series matrix (Zarr URL)")
+    p.add_argument("svd", help="SVD group (Zarr URL)")
+    p.add_argument("dst", help="output folder or URL (e.g. .../denoised/<uid>/rank-<r>)")
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--reference", help="matrix of a reference (e.g. full-dose) series for PSNR/SSIM")
+    p.set_defaults(func=cmd_reconstruct)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ctdenoise.errors import CtDenoiseError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except CtDenoiseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

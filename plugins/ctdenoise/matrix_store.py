@@ -1,0 +1,107 @@
+"""The Zarr formats shared by every stage: the series matrix and the SVD group.
+
+Series matrix (written by ``convert``, read by the Spark job and the writer)
+    ``<SeriesInstanceUID>.zarr``: a Zarr v3 array of shape ``(rows*columns, slices)``, float32
+    Hounsfield units, one column per slice in ascending position along the slice normal,
+    chunked by voxel rows (``ROW_CHUNK`` rows, all slices) so executors read row blocks
+    independently. Attributes: see :class:`ctdenoise.series.SeriesMeta` (``rows``,
+    ``columns``, ``sop_instance_uids``, ``slice_positions``, geometry, UIDs, header template).
+
+SVD group (written by ``spark/dssvd.py`` or :func:`write_svd`)
+    a Zarr v3 group with arrays ``s`` (k,) and ``V`` (slices, k), optionally ``U``
+    (rows*columns, k), and attributes: the parameters, the method chosen, matrix shape, seed,
+    per-stage timings and an error estimate.
+
+Both are written to a local staging folder and published atomically
+(:func:`ctdenoise.storage.publish_dir`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ctdenoise import storage
+
+ROW_CHUNK = 16384  # voxel rows per chunk: 16 chunks for a 512x512 slice, ~20 MB for 301 slices
+
+
+def open_store(url: str, *, read_only: bool = True, storage_options: Mapping[str, Any] | None = None):
+    """A Zarr store for a local path or an fsspec URL."""
+    if storage.is_local(url):
+        return zarr.storage.LocalStore(str(storage.local_path(url)), read_only=read_only)
+    protocol = url.split("://", 1)[0]
+    options = dict(storage_options) if storage_options is not None else storage.storage_options_from_env(protocol)
+    return zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=read_only)
+
+
+def open_matrix(url: str, storage_options: Mapping[str, Any] | None = None) -> zarr.Array:
+    """Open a published series matrix read-only; a clear error if it is not there."""
+    try:
+        return zarr.open_array(store=open_store(url, storage_options=storage_options), mode="r")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
+        raise FileNotFoundError(f"{url}: no Zarr matrix there ({exc.__class__.__name__})") from exc
+
+
+def write_matrix(
+    matrix: np.ndarray,
+    attrs: Mapping[str, Any],
+    dest_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    row_chunk: int = ROW_CHUNK,
+) -> str:
+    """Stage and publish a (voxels, slices) float32 matrix with its attributes."""
+    if matrix.ndim != 2:
+        raise ValueError(f"matrix must be 2-D (voxels, slices), got shape {matrix.shape}")
+    with storage.staging_dir() as staged:
+        target = Path(staged) / "m.zarr"
+        arr = zarr.create_array(
+            store=str(target),
+            shape=matrix.shape,
+            chunks=(min(row_chunk, matrix.shape[0]), matrix.shape[1]),
+            dtype="float32",
+            attributes=dict(attrs),
+            zarr_format=3,
+        )
+        arr[...] = matrix.astype(np.float32, copy=False)
+        storage.publish_dir(target, dest_url, storage_options)
+    return dest_url
+
+
+def write_svd(
+    dest_url: str,
+    s: np.ndarray,
+    V: np.ndarray,
+    attrs: Mapping[str, Any],
+    U: np.ndarray | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Stage and publish an SVD group (``s``, ``V``, optional ``U``, attributes)."""
+    s = np.asarray(s, dtype=np.float64)
+    V = np.asarray(V, dtype=np.float64)
+    if V.ndim != 2 or s.shape != (V.shape[1],):
+        raise ValueError(f"inconsistent SVD shapes: s {s.shape}, V {V.shape}")
+    with storage.staging_dir() as staged:
+        target = Path(staged) / "svd.zarr"
+        group = zarr.open_group(store=str(target), mode="w", zarr_format=3)
+        group.attrs.update(dict(attrs))
+        group.create_array("s", data=s)
+        group.create_array("V", data=V)
+        if U is not None:
+            U = np.asarray(U, dtype=np.float32)
+            group.create_array("U", data=U, chunks=(min(ROW_CHUNK, U.shape[0]), U.shape[1]))
+        storage.publish_dir(target, dest_url, storage_options)
+    return dest_url
+
+
+def read_svd(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(s, V, attrs)`` of a published SVD group."""
+    try:
+        group = zarr.open_group(store=open_store(url, storage_options=storage_options), mode="r")
+        return np.asarray(group["s"][...]), np.asarray(group["V"][...]), dict(group.attrs)
+    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:
+        raise FileNotFoundError(f"{url}: no SVD group there (needs arrays 's' and 'V')") from exc

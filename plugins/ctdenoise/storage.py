@@ -1,0 +1,177 @@
+"""Where bytes live: fsspec URLs for local folders, ``file://`` and ``s3://`` alike.
+
+Every producer in ctdenoise writes its output into a private local staging folder and then
+*publishes* it with :func:`publish_dir`. Publishing is what makes outputs atomic:
+
+- on a local file system the staged folder is renamed into place (``os.replace`` on the same
+  file system), so a reader sees either the old folder or the new one, never a mixture;
+- on object storage (S3 has no rename) every object is uploaded first and the *commit files*
+  last: the root ``zarr.json`` of a Zarr store (a Zarr reader cannot open a store without it)
+  or the ``_SUCCESS`` marker of a plain folder. Readers only trust prefixes whose commit file
+  exists (:func:`is_published`).
+
+S3 endpoint and credentials come from the environment (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``) or from explicit
+``storage_options``; nothing is hard-coded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+SUCCESS_MARKER = "_SUCCESS"
+ZARR_METADATA = "zarr.json"
+
+
+def storage_options_from_env(protocol: str) -> dict[str, Any]:
+    """Options for fsspec filesystems that need them (S3 endpoint override for MinIO/moto)."""
+    if protocol in ("s3", "s3a"):
+        options: dict[str, Any] = {}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["endpoint_url"] = endpoint
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if key and secret:
+            options["key"], options["secret"] = key, secret
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        if region:
+            options["client_kwargs"] = {"region_name": region}
+        return options
+    return {}
+
+
+def get_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and the protocol-less path of ``url`` (plain paths are local)."""
+    protocol = fsspec.utils.get_protocol(url)
+    options = dict(storage_options) if storage_options is not None else storage_options_from_env(protocol)
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    return fsspec.utils.get_protocol(url) in ("file", "local")
+
+
+def local_path(url: str) -> Path:
+    return Path(fsspec.core.url_to_fs(url)[1])
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL parts with '/', whatever the protocol."""
+    out = url.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def basename(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    fs, path = get_fs(url, storage_options)
+    return fs.exists(path)
+
+
+def is_published(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """True when the folder or Zarr store at ``url`` was completely published."""
+    fs, path = get_fs(url, storage_options)
+    if url.rstrip("/").endswith(".zarr"):
+        return fs.exists(f"{path.rstrip('/')}/{ZARR_METADATA}")
+    return fs.exists(f"{path.rstrip('/')}/{SUCCESS_MARKER}")
+
+
+@contextmanager
+def staging_dir(prefix: str = "ctdenoise-") -> Iterator[Path]:
+    """A private local folder that disappears afterwards, whatever happens."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _commit_files(staged: Path) -> list[Path]:
+    """Files that must be written last: their presence declares the publication complete."""
+    return [p for p in (staged / ZARR_METADATA, staged / SUCCESS_MARKER) if p.exists()]
+
+
+def publish_dir(staged: Path, dest_url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Make the staged local folder visible at ``dest_url`` in one step (see module docstring).
+
+    An existing destination is replaced, so a re-run overwrites instead of merging with stale
+    objects. Plain folders get a ``_SUCCESS`` marker if they do not carry a ``zarr.json``.
+    """
+    staged = Path(staged)
+    if not (staged / ZARR_METADATA).exists():
+        (staged / SUCCESS_MARKER).write_text("")
+    if is_local(dest_url):
+        _publish_local(staged, local_path(dest_url))
+        return dest_url
+    fs, dest = get_fs(dest_url, storage_options)
+    dest = dest.rstrip("/")
+    commit = _commit_files(staged)
+    if fs.exists(dest):
+        # Withdraw the old commit files first: a reader never sees an old marker over new data.
+        for marker in (ZARR_METADATA, SUCCESS_MARKER):
+            if fs.exists(f"{dest}/{marker}"):
+                fs.rm(f"{dest}/{marker}")
+        fs.rm(dest, recursive=True)
+    files = sorted(p for p in staged.rglob("*") if p.is_file() and p not in commit)
+    for batch in (files, commit):  # the commit files only once everything else has landed
+        if batch:
+            fs.put([str(p) for p in batch], [f"{dest}/{p.relative_to(staged).as_posix()}" for p in batch])
+    return dest_url
+
+
+def _publish_local(staged: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Copy next to the destination first, so the final rename stays on one file system.
+    sibling = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(staged, sibling)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+    os.replace(sibling, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def download_dir(url: str, dest: Path, storage_options: Mapping[str, Any] | None = None) -> Path:
+    """Copy a remote or local folder to a local folder (used for series and report inputs)."""
+    fs, path = get_fs(url, storage_options)
+    dest.mkdir(parents=True, exist_ok=True)
+    for remote in fs.find(path):
+        rel = remote[len(path.rstrip("/")) + 1 :]
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(target))
+    return dest
+
+
+def write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write one small object in one PUT (atomic on S3; via rename locally)."""
+    if is_local(url):
+        path = local_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    fs, path = get_fs(url, storage_options)
+    fs.pipe_file(path, data)
+
+
+def read_bytes(url: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
+    fs, path = get_fs(url, storage_options)
+    return fs.cat_file(path)
