@@ -120,15 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log records without tracebacks: libraries (pydicom's decoders) log expected failures with
+    ``exc_info``, and a user should read one line per problem. ``--verbose`` keeps tracebacks."""
+
+    def formatException(self, ei) -> str:  # noqa: N802 (logging's API)
+        return ""
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ctdenoise.errors import CtDenoiseError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt) if args.verbose else _OneLineFormatter(fmt))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         return args.func(args)
     except CtDenoiseError as exc:

@@ -4,8 +4,8 @@ Series matrix (written by ``convert``, read by the Spark job and the writer)
     ``<SeriesInstanceUID>.zarr``: a Zarr v3 array of shape ``(rows*columns, slices)``, float32
     Hounsfield units, one column per slice in ascending position along the slice normal,
     chunked by voxel rows (``ROW_CHUNK`` rows, all slices) so executors read row blocks
-    independently. Attributes: see :class:`ctdenoise.series.SeriesMeta` (``rows``,
-    ``columns``, ``sop_instance_uids``, ``slice_positions``, geometry, UIDs, header template).
+    independently. Attributes: see docs/architecture.md (``rows``, ``columns``,
+    ``sop_instance_uids``, ``slice_positions``, geometry, UIDs, header template).
 
 SVD group (written by ``spark/dssvd.py`` or :func:`write_svd`)
     a Zarr v3 group with arrays ``s`` (k,) and ``V`` (slices, k), optionally ``U``

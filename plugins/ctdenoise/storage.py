@@ -137,7 +137,11 @@ def _publish_local(staged: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Copy next to the destination first, so the final rename stays on one file system.
     sibling = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(staged, sibling)
+    try:
+        shutil.copytree(staged, sibling)
+    except BaseException:
+        shutil.rmtree(sibling, ignore_errors=True)
+        raise
     old = None
     if dest.exists():
         old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
