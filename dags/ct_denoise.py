@@ -1,0 +1,186 @@
+"""ct_denoise: denoise the low-dose CT series of one arrival partition by truncated SVD on Spark.
+
+A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series)::
+
+    wait_for_scans >> wait_for_settled_upload >> discover_series >> convert[series]
+        >> dssvd[series] >> plan_ranks >> reconstruct[series, rank] >> report[series]
+
+- ``wait_for_scans``: deferrable S3KeySensor for DICOM keys in the partition; an empty
+  partition times out into *skipped* (soft fail), not failed.
+- ``wait_for_settled_upload``: every series folder has stopped changing for
+  ``CT_DENOISE_SETTLE_SECONDS`` (S3 LastModified; rule in ``ctdenoise.orchestration.batch``).
+- ``discover_series``: the series folders, minus those already published with the same
+  parameters (``report.json`` params hash) unless ``force``.
+- ``convert`` / ``dssvd``: mapped per series (pods + SparkApplication, or Python + spark-submit).
+- ``plan_ranks``: the flat (series, rank) list from each spectrum and the rank rules.
+- ``reconstruct``: one task per (series, rank), labelled "<series> rank=<r>".
+- ``report``: per series; publishes ``report.html`` then ``report.json`` (the completion
+  marker) only when every planned rank of the series was written.
+
+A failing series fails its own task instances; the others finish (see the trigger rules below
+and ``ctdenoise.orchestration.batch``). The runtime (``local`` or ``kubernetes``) and the
+deployment (bucket, images, pools, schedule...) come from ``CT_DENOISE_*`` environment
+variables: see ``ctdenoise.orchestration.config``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+from airflow.sdk import (
+    CronDataIntervalTimetable,
+    ExceptionRetryPolicy,
+    RetryAction,
+    RetryRule,
+    TriggerRule,
+    dag,
+    task,
+)
+from airflow.sdk.exceptions import AirflowSkipException
+
+from ctdenoise.orchestration import config
+from ctdenoise.orchestration import params as run_params
+from ctdenoise.orchestration.sensors import SettledUploadSensor
+
+settings = config.load_settings()
+if settings.runtime == "kubernetes":
+    from ctdenoise.orchestration import pods as runtime
+else:
+    from ctdenoise.orchestration import local as runtime
+
+# Expected problems (bad input, bad parameters) fail at once; S3, Spark and pod errors retry.
+RETRY_POLICY = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(
+            exception="ctdenoise.errors.CtDenoiseError",
+            action=RetryAction.FAIL,
+            reason="input or parameter error: retrying cannot fix it",
+        )
+    ]
+)
+# Downstream of per-series mapped tasks: run once every upstream instance is done, if at least
+# one succeeded, so that one bad series does not hold back the others.
+GOOD_SERIES_GO_ON = TriggerRule.ALL_DONE_MIN_ONE_SUCCESS
+
+default_args = {
+    "owner": "ctdenoise",
+    "retries": settings.retries,
+    "retry_delay": timedelta(seconds=settings.retry_delay_seconds),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(seconds=settings.max_retry_delay_seconds),
+    "retry_policy": RETRY_POLICY,
+}
+
+
+def check_params(context) -> None:
+    """Cross-field parameter rules (``run_params.normalize``), before waiting for anything."""
+    run_params.normalize(context["params"])
+
+
+@dag(
+    dag_id="ct_denoise",
+    description="Denoise low-dose CT series by truncated SVD (Spark), one arrival partition per run",
+    schedule=CronDataIntervalTimetable(settings.schedule, timezone=settings.timezone) if settings.schedule else None,
+    start_date=datetime.fromisoformat(settings.start_date).replace(tzinfo=ZoneInfo(settings.timezone)),
+    catchup=settings.catchup,
+    max_active_runs=settings.max_active_runs,
+    max_active_tasks=settings.max_active_tasks,
+    dagrun_timeout=timedelta(hours=24),
+    default_args=default_args,
+    params=run_params.dag_params(),
+    tags=["ctdenoise", "ct", "svd", "spark", settings.runtime],
+    doc_md=__doc__,
+)
+def ct_denoise() -> None:
+    wait_for_scans = S3KeySensor(
+        task_id="wait_for_scans",
+        bucket_key=f"{settings.partition_template()}/*/{settings.dicom_glob}",
+        wildcard_match=True,
+        deferrable=settings.deferrable,
+        mode="poke" if settings.deferrable else "reschedule",
+        aws_conn_id=settings.aws_conn_id,
+        poke_interval=settings.poke_interval_seconds,
+        timeout=settings.wait_timeout_seconds,
+        soft_fail=True,
+        pre_execute=check_params,
+    )
+
+    wait_for_settled_upload = SettledUploadSensor(
+        task_id="wait_for_settled_upload",
+        partition_url=settings.partition_template(),
+        settle_seconds=settings.settle_seconds,
+        aws_conn_id=settings.aws_conn_id,
+        poke_interval=settings.poke_interval_seconds,
+        timeout=settings.settle_timeout_seconds,
+    )
+
+    @task(task_id="discover_series", execution_timeout=timedelta(minutes=30))
+    def discover_series(params: dict | None = None, ds: str | None = None) -> list[dict]:
+        from ctdenoise.orchestration import aws, batch
+
+        normalized = run_params.normalize(params or {})
+        partition = settings.partition_url(ds)
+        series, skipped = batch.discover(
+            partition,
+            ds=ds,
+            work_url=settings.work_url(ds),
+            denoised_url=settings.denoised_url(),
+            params=normalized,
+            params_hash=run_params.params_hash(normalized),
+            svd_key=run_params.svd_key(normalized),
+            settle_seconds=settings.settle_seconds,
+            storage_options=aws.storage_options(settings.aws_conn_id),
+        )
+        if not series:
+            reasons = "; ".join(f"{s['folder']}: {s['reason']}" for s in skipped[:5]) or "no series folders"
+            raise AirflowSkipException(f"nothing to process in {partition} ({reasons})")
+        return series
+
+    @task(task_id="plan_ranks", trigger_rule=GOOD_SERIES_GO_ON, execution_timeout=timedelta(minutes=30))
+    def plan_ranks(converted) -> list[dict]:
+        from ctdenoise.errors import InputError
+        from ctdenoise.orchestration import aws, batch
+
+        # A slice reads every pushed XCom in one request (iterating would probe one past the end).
+        items, left_out = batch.plan(converted[:] if converted else [], aws.storage_options(settings.aws_conn_id))
+        if not items:
+            raise InputError("no series has a usable SVD: " + "; ".join(s["reason"] for s in left_out))
+        return items
+
+    @task(
+        task_id="report",
+        trigger_rule=GOOD_SERIES_GO_ON,
+        execution_timeout=timedelta(minutes=30),
+        map_index_template="{{ task.op_kwargs['series']['label'] }}",
+    )
+    def report(series: dict, dag_run=None, ti=None) -> dict:
+        from ctdenoise.orchestration import aws, batch
+
+        run_info = {
+            "dag_id": dag_run.dag_id,
+            "run_id": dag_run.run_id,
+            "logical_date": dag_run.logical_date.isoformat() if dag_run.logical_date else None,
+        }
+        return batch.report_series(
+            series,
+            ti.xcom_pull(task_ids="plan_ranks"),
+            ti.xcom_pull(task_ids="reconstruct"),
+            run_info,
+            aws.storage_options(settings.aws_conn_id),
+        )
+
+    series = discover_series()
+    converted = runtime.convert(settings, series)
+    svds = runtime.dssvd(settings, converted, GOOD_SERIES_GO_ON)
+    plan = plan_ranks(converted)
+    denoised = runtime.reconstruct(settings, plan)
+    reports = report.expand(series=series)
+
+    wait_for_scans >> wait_for_settled_upload >> series
+    svds >> plan
+    [plan, denoised] >> reports
+
+
+ct_denoise()

@@ -1,0 +1,120 @@
+"""The ``local`` runtime: convert, dssvd and reconstruct in the Airflow worker and spark-submit.
+
+Same task ids, same mapping and same XCom documents as :mod:`.pods`; only the operators differ:
+
+- ``convert`` and ``reconstruct`` are Python tasks calling :func:`ctdenoise.convert.convert` and
+  :func:`ctdenoise.writer.reconstruct`, with S3 ``storage_options`` built from the Airflow AWS
+  connection when the task runs (:mod:`.aws`);
+- ``dssvd`` is :class:`AwsSparkSubmitOperator`, a SparkSubmitOperator running the same
+  ``spark/dssvd.py`` against the ``spark_default`` connection (``local[*]`` or a standalone
+  master ``spark://host:7077``). The AWS connection becomes ``AWS_*`` variables of the
+  spark-submit process when the task runs, so credentials never appear in rendered fields;
+  dssvd.py forwards them to the executors of a standalone cluster.
+
+Nothing heavy is imported at module level (the DAG file imports this module at parse time).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import task
+
+from ctdenoise.orchestration import aws, batch
+from ctdenoise.orchestration.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def convert_series(series: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
+    """``ctdenoise convert <source_url> <matrix_dir>`` for one series folder; the convert XCom."""
+    from ctdenoise.convert import convert
+
+    options = aws.storage_options(aws_conn_id)
+    records = list(convert(series["source_url"], series["matrix_dir"], storage_options=options))
+    return batch.convert_result(series, records)
+
+
+def reconstruct_rank(item: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
+    """``ctdenoise reconstruct`` of one (series, rank) plan item; the reconstruct XCom."""
+    from ctdenoise.writer import reconstruct
+
+    series = item["series"]
+    options = aws.storage_options(aws_conn_id)
+    metrics = reconstruct(series["matrix_url"], series["svd_url"], item["output_url"], int(item["rank"]), storage_options=options)
+    return batch.reconstruct_result(item, [metrics])
+
+
+class AwsSparkSubmitOperator(SparkSubmitOperator):
+    """SparkSubmitOperator whose spark-submit process gets S3 access from an Airflow AWS connection.
+
+    :param aws_conn_id: the connection resolved when the task runs into ``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL`` and
+        ``AWS_DEFAULT_REGION`` (added to ``env_vars`` after template rendering, so they are not
+        stored with the rendered fields).
+    """
+
+    def __init__(self, *, aws_conn_id: str = "aws_default", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.aws_conn_id = aws_conn_id
+
+    def execute(self, context: Any) -> None:
+        self.env_vars = {**aws.environment(self.aws_conn_id), **(self.env_vars or {})}
+        super().execute(context)
+
+
+def _task_kwargs(settings: Settings, minutes: int) -> dict[str, Any]:
+    return {"pool": settings.pod_pool, "execution_timeout": timedelta(minutes=minutes)}
+
+
+def convert(settings: Settings, series: Any) -> Any:
+    """``convert`` mapped over the discovered series (an XComArg of ``discover_series``)."""
+
+    @task(task_id="convert", map_index_template="{{ task.op_kwargs['series']['label'] }}", **_task_kwargs(settings, 60))
+    def convert_task(series: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
+        return convert_series(series, aws_conn_id)
+
+    return convert_task.partial(aws_conn_id=settings.aws_conn_id).expand(series=series)
+
+
+def dssvd_kwargs(converted: dict[str, Any]) -> dict[str, Any]:
+    """Per-series kwargs of the mapped SparkSubmitOperator (an ``XComArg.map`` function)."""
+    from ctdenoise.orchestration.batch import dssvd_arguments
+
+    return {"application_args": dssvd_arguments(converted), "name": converted["series"]["label"]}
+
+
+def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
+    """``dssvd`` mapped over the successfully converted series."""
+    return AwsSparkSubmitOperator.partial(
+        task_id="dssvd",
+        application=settings.spark_application,
+        conn_id=settings.spark_conn_id,
+        aws_conn_id=settings.aws_conn_id,
+        conf=dict(settings.spark_conf),
+        driver_memory=settings.spark_driver_memory,
+        executor_memory=settings.spark_executor_memory,
+        executor_cores=settings.spark_executor_cores,
+        pool=settings.spark_pool,
+        execution_timeout=timedelta(hours=2),
+        trigger_rule=trigger_rule,
+        map_index_template="{{ task.name }}",
+    ).expand_kwargs(converted.map(dssvd_kwargs)).output
+
+
+def reconstruct(settings: Settings, plan: Any) -> Any:
+    """``reconstruct`` mapped over the flat (series, rank) plan, labelled "<series> rank=<r>"."""
+
+    @task(task_id="reconstruct", map_index_template="{{ task.op_kwargs['item']['label'] }}", **_task_kwargs(settings, 60))
+    def reconstruct_task(item: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
+        return reconstruct_rank(item, aws_conn_id)
+
+    return reconstruct_task.partial(aws_conn_id=settings.aws_conn_id).expand_kwargs(plan.map(plan_item_kwargs))
+
+
+def plan_item_kwargs(item: dict[str, Any]) -> dict[str, Any]:
+    """``expand_kwargs`` entry of one plan item for the local reconstruct task."""
+    return {"item": item}

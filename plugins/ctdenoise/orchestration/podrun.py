@@ -1,0 +1,94 @@
+"""Pod entry point of the kubernetes runtime: run one ``ctdenoise`` command, hand its result to XCom.
+
+``KubernetesPodOperator`` pushes to XCom what the container writes to
+``/airflow/xcom/return.json``; the ``ctdenoise`` CLI prints JSON lines on stdout. This wrapper
+runs the CLI command given after ``--`` as a child process, echoes its output to the pod log,
+and, if the command succeeded, writes the same JSON document that the local runtime's task
+returns (:func:`ctdenoise.orchestration.batch.convert_result` or
+:func:`~ctdenoise.orchestration.batch.reconstruct_result`), so the downstream tasks read one
+format whichever runtime produced it::
+
+    python -m ctdenoise.orchestration.podrun convert --task '<series JSON>' -- ctdenoise convert SRC DST
+    python -m ctdenoise.orchestration.podrun reconstruct --task '<plan item JSON>' -- ctdenoise reconstruct ...
+
+Exit status: the command's own (1 or 2 for its failures), 2 if its output does not hold the
+expected result (e.g. the folder's series failed to convert while another one succeeded).
+Runs in the worker image: standard library and the ctdenoise package only, no Airflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+XCOM_PATH = Path("/airflow/xcom/return.json")
+
+
+def run_command(command: Sequence[str]) -> tuple[int, list[dict[str, Any]]]:
+    """Run ``command``, echo stdout (stderr passes through), return its exit code and JSON lines."""
+    records: list[dict[str, Any]] = []
+    with subprocess.Popen(list(command), stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            text = line.strip()
+            if text.startswith("{"):
+                try:
+                    records.append(json.loads(text))
+                except json.JSONDecodeError:
+                    pass
+    return proc.returncode, records
+
+
+def build_result(kind: str, task: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    from ctdenoise.orchestration import batch
+
+    if kind == "convert":
+        return batch.convert_result(task, records)
+    if kind == "reconstruct":
+        return batch.reconstruct_result(task, records)
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ctdenoise.orchestration.podrun", description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["convert", "reconstruct"])
+    parser.add_argument("--task", required=True, help="the series (convert) or plan item (reconstruct), JSON")
+    parser.add_argument("--xcom", default=os.environ.get("CT_DENOISE_XCOM_PATH", str(XCOM_PATH)), help="XCom file")
+    parser.epilog = "The command to run follows a lone '--': -- ctdenoise <command> ..."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        parser.error("no command: give it after a lone '--'")
+    split = argv.index("--")
+    args, command = parser.parse_args(argv[:split]), argv[split + 1 :]
+    if not command:
+        parser.error("no command after '--'")
+    task = json.loads(args.task)
+
+    code, records = run_command(command)
+    if code != 0:
+        return code
+    from ctdenoise.errors import CtDenoiseError
+
+    try:
+        result = build_result(args.kind, task, records)
+    except CtDenoiseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    xcom = Path(args.xcom)
+    if xcom.parent.is_dir():
+        xcom.write_text(json.dumps(result))
+    else:
+        print(f"warning: {xcom.parent} does not exist (no XCom sidecar); result not handed back", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The ``kubernetes`` runtime: convert and reconstruct as pods, dssvd as a SparkApplication.
+
+Pods run the worker image (``images/Dockerfile.worker``) through the entry point
+:mod:`ctdenoise.orchestration.podrun`, which runs ``ctdenoise convert`` / ``ctdenoise
+reconstruct`` and writes the task's XCom document to ``/airflow/xcom/return.json`` (the
+operator's sidecar hands it back to Airflow). Every pod:
+
+- runs as a non-root user (uid/gid 10001) with a read-only root file system, no privilege
+  escalation, all capabilities dropped and the runtime's default seccomp profile; ``/tmp`` is
+  an ``emptyDir`` (staging of Zarr stores and DICOM files before publication);
+- has CPU/memory requests and limits (``CT_DENOISE_POD_*``) and an active deadline;
+- gets S3 access from the Kubernetes secret ``CT_DENOISE_S3_SECRET`` (``envFrom``), never from
+  the DAG file or the Airflow metadata.
+
+``dssvd`` renders ``spark/sparkapplication.yaml`` (:func:`ctdenoise.spark_app.render_spark_application`)
+per series for SparkKubernetesOperator; the Spark image runs the same ``spark/dssvd.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
+from kubernetes.client import models as k8s
+
+from ctdenoise.orchestration.config import Settings
+
+RUN_AS = 10001  # the worker image's user (images/Dockerfile.worker)
+LABEL_ANNOTATION = "ctdenoise/label"
+PODRUN = ["python", "-m", "ctdenoise.orchestration.podrun"]
+TMP_SIZE = "20Gi"  # a 512x512x600 series: 600 MB matrix + DICOM output, with room to spare
+
+
+def pod_security_context() -> k8s.V1PodSecurityContext:
+    return k8s.V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=RUN_AS,
+        run_as_group=RUN_AS,
+        fs_group=RUN_AS,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def container_security_context() -> k8s.V1SecurityContext:
+    return k8s.V1SecurityContext(
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        run_as_user=RUN_AS,
+        run_as_group=RUN_AS,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+    )
+
+
+def container_resources(settings: Settings) -> k8s.V1ResourceRequirements:
+    return k8s.V1ResourceRequirements(
+        requests={"cpu": settings.pod_cpu_request, "memory": settings.pod_memory_request},
+        limits={"cpu": settings.pod_cpu_limit, "memory": settings.pod_memory_limit},
+    )
+
+
+def pod_partial_kwargs(settings: Settings, component: str, minutes: int) -> dict[str, Any]:
+    """What convert and reconstruct pods share (``KubernetesPodOperator.partial`` kwargs)."""
+    return {
+        "namespace": settings.namespace,
+        "kubernetes_conn_id": settings.kubernetes_conn_id,
+        "image": settings.worker_image,
+        "image_pull_policy": settings.image_pull_policy,
+        "name": f"ct-denoise-{component}",
+        "cmds": list(PODRUN),
+        "labels": {"app.kubernetes.io/name": "ctdenoise", "app.kubernetes.io/component": component},
+        "env_vars": [
+            k8s.V1EnvVar(name="HOME", value="/tmp"),
+            k8s.V1EnvVar(name="TMPDIR", value="/tmp"),
+            k8s.V1EnvVar(name="MPLCONFIGDIR", value="/tmp/matplotlib"),
+            k8s.V1EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
+        ],
+        "env_from": [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.s3_secret))],
+        "volumes": [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=TMP_SIZE))],
+        "volume_mounts": [k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        "container_resources": container_resources(settings),
+        "security_context": pod_security_context(),
+        "container_security_context": container_security_context(),
+        "xcom_sidecar_container_security_context": container_security_context(),
+        "service_account_name": settings.service_account,
+        "automount_service_account_token": False,
+        "do_xcom_push": True,
+        "get_logs": True,
+        "on_finish_action": "delete_pod",
+        "startup_timeout_seconds": 600,
+        "active_deadline_seconds": minutes * 60,
+        "execution_timeout": timedelta(minutes=minutes + 10),
+        "pool": settings.pod_pool,
+        "map_index_template": "{{ task.annotations['" + LABEL_ANNOTATION + "'] }}",
+    }
+
+
+def convert_pod_kwargs(series: dict[str, Any]) -> dict[str, Any]:
+    """Per-series kwargs of the convert pod (an ``XComArg.map`` function)."""
+    command = ["ctdenoise", "convert", series["source_url"], series["matrix_dir"]]
+    return {
+        "arguments": ["convert", "--task", json.dumps(series, sort_keys=True), "--", *command],
+        "annotations": {LABEL_ANNOTATION: series["label"], "ctdenoise/series-instance-uid": series["series_instance_uid"]},
+    }
+
+
+def reconstruct_pod_kwargs(item: dict[str, Any]) -> dict[str, Any]:
+    """Per-(series, rank) kwargs of the reconstruct pod (an ``XComArg.map`` function)."""
+    from ctdenoise.orchestration.batch import reconstruct_arguments
+
+    return {
+        "arguments": ["reconstruct", "--task", json.dumps(item, sort_keys=True), "--", "ctdenoise", *reconstruct_arguments(item)],
+        "annotations": {
+            LABEL_ANNOTATION: item["label"],
+            "ctdenoise/series-instance-uid": item["series"]["series_instance_uid"],
+            "ctdenoise/rank": str(item["rank"]),
+        },
+    }
+
+
+def spark_values(converted: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The ``dssvd`` values of spark/sparkapplication.yaml for one converted series."""
+    from ctdenoise.orchestration.batch import SVD_METHOD, effective_svd_rank
+
+    series = converted["series"]
+    p = series["params"]
+    return {
+        "name": application_name(series["label"]),
+        "namespace": settings.namespace,
+        "image": settings.spark_image,
+        "image_pull_policy": settings.image_pull_policy,
+        "service_account": settings.spark_service_account,
+        "matrix_url": series["matrix_url"],
+        "out_url": series["svd_url"],
+        "rank": effective_svd_rank(converted),
+        "oversample": p["oversample"],
+        "power_iters": p["power_iters"],
+        "seed": p["seed"],
+        "method": SVD_METHOD,
+        "s3_secret": settings.s3_secret,
+        "driver_cores": settings.spark_driver_cores,
+        "driver_memory": settings.spark_driver_memory,
+        "executor_cores": settings.spark_executor_cores,
+        "executor_memory": settings.spark_executor_memory,
+        "executor_instances": settings.spark_executor_instances,
+    }
+
+
+def application_name(label: str) -> str:
+    """A DNS-1123 name for the SparkApplication of a series folder (<= 40 characters + suffix)."""
+    import hashlib
+    import re
+
+    slug = re.sub(r"[^a-z0-9-]+", "-", label.lower()).strip("-")[:22].strip("-") or "series"
+    digest = hashlib.sha256(label.encode()).hexdigest()[:8]
+    return f"dssvd-{slug}-{digest}"
+
+
+def spark_application(converted: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The rendered SparkApplication (a dict) of one converted series."""
+    from ctdenoise.spark_app import render_spark_application
+
+    return render_spark_application(spark_values(converted, settings))
+
+
+def convert(settings: Settings, series: Any) -> Any:
+    """``convert`` pods mapped over the discovered series; returns the XComArg of their results."""
+    return (
+        KubernetesPodOperator.partial(task_id="convert", **pod_partial_kwargs(settings, "convert", 60))
+        .expand_kwargs(series.map(convert_pod_kwargs))
+        .output
+    )
+
+
+def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
+    """``dssvd`` SparkApplications mapped over the successfully converted series."""
+
+    def dssvd_kwargs(one: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "template_spec": spark_application(one, settings),
+            "annotations": {LABEL_ANNOTATION: one["series"]["label"]},
+        }
+
+    return SparkKubernetesOperator.partial(
+        task_id="dssvd",
+        namespace=settings.namespace,
+        kubernetes_conn_id=settings.kubernetes_conn_id,
+        get_logs=True,
+        delete_on_termination=True,
+        startup_timeout_seconds=900,
+        execution_timeout=timedelta(hours=2),
+        pool=settings.spark_pool,
+        trigger_rule=trigger_rule,
+        map_index_template="{{ task.annotations['" + LABEL_ANNOTATION + "'] }}",
+    ).expand_kwargs(converted.map(dssvd_kwargs)).output
+
+
+def reconstruct(settings: Settings, plan: Any) -> Any:
+    """``reconstruct`` pods mapped over the flat (series, rank) plan, labelled "<series> rank=<r>"."""
+    return (
+        KubernetesPodOperator.partial(task_id="reconstruct", **pod_partial_kwargs(settings, "reconstruct", 60))
+        .expand_kwargs(plan.map(reconstruct_pod_kwargs))
+        .output
+    )

@@ -1,0 +1,63 @@
+"""The two waits at the head of the run: DICOM keys in the partition, then uploads settled."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+from dag_fixtures import load_dag
+
+
+@pytest.fixture(scope="module")
+def dag() -> Any:
+    mp = pytest.MonkeyPatch()
+    try:
+        yield load_dag("local", mp)
+    finally:
+        mp.undo()
+
+
+def rendered(op: Any, ds: str = "2026-11-20") -> Any:
+    ti = types.SimpleNamespace(dag_id="ct_denoise", task_id=op.task_id, map_index=-1, try_number=1)
+    op.render_template_fields({"ds": ds, "ti": ti, "task": op, "params": {}})
+    return op
+
+
+def test_wait_for_scans_is_a_deferrable_wildcard_on_dicom_keys_of_the_partition(dag: Any) -> None:
+    import fnmatch
+
+    op = rendered(dag.task_dict["wait_for_scans"])
+    assert op.deferrable is True and op.wildcard_match is True
+    assert op.bucket_key == "s3://ct-denoise/incoming/2026-11-20/*/*.dcm"
+    bucket, key = op.bucket_key[len("s3://") :].split("/", 1)
+    assert fnmatch.fnmatch("incoming/2026-11-20/scan-a/IM0001.dcm", key)
+    assert not fnmatch.fnmatch("incoming/2026-11-21/scan-a/IM0001.dcm", key)
+    assert not fnmatch.fnmatch("incoming/2026-11-20/loose.dcm", key)  # outside a series folder
+    assert op.soft_fail is True and op.timeout == 6 * 3600
+
+
+def test_empty_partition_times_out_into_skipped(dag: Any) -> None:
+    """The scheduler fails a deferred sensor at its timeout; soft_fail turns that into *skipped*."""
+    from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR, TriggerFailureReason
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    op = dag.task_dict["wait_for_scans"]
+    with pytest.raises(AirflowSkipException):
+        op.resume_execution(TRIGGER_FAIL_REPR, {"error": TriggerFailureReason.TRIGGER_TIMEOUT}, {})
+
+
+def test_settled_upload_sensor_watches_the_same_partition(dag: Any) -> None:
+    op = rendered(dag.task_dict["wait_for_settled_upload"])
+    assert op.partition_url == "s3://ct-denoise/incoming/2026-11-20"
+    assert op.mode == "reschedule" and op.settle_seconds == 300 and op.timeout == 7200
+
+
+def test_non_deferrable_option_reschedules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CT_DENOISE_DEFERRABLE", "false")
+    from airflow.dag_processing.dagbag import DagBag
+    from dag_fixtures import DAG_FILE
+
+    monkeypatch.setenv("CT_DENOISE_RUNTIME", "local")
+    op = DagBag(dag_folder=str(DAG_FILE), known_pools={"default_pool"}).dags["ct_denoise"].task_dict["wait_for_scans"]
+    assert op.deferrable is False and op.mode == "reschedule"

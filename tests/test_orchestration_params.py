@@ -1,0 +1,47 @@
+"""Run parameters: canonical form, cross-field rules, the hash that marks a published series."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctdenoise.errors import ParameterError
+from ctdenoise.orchestration import params as run_params
+
+
+def test_normalize_sorts_and_raises_the_svd_rank() -> None:
+    out = run_params.normalize({"ranks": [20, 5, 10], "drop_percents": [10, 1], "k": 8})
+    assert out["ranks"] == [5, 10, 20] and out["drop_percents"] == [1.0, 10.0]
+    assert out["k"] == 8 and out["svd_rank"] == 20
+    assert run_params.normalize({})["svd_rank"] == run_params.PARAM_SPECS["k"][0]
+
+
+def test_at_least_one_rank_rule() -> None:
+    with pytest.raises(ParameterError, match="no rank rule selected"):
+        run_params.normalize({"ranks": [], "drop_percents": [], "auto_rank": False})
+    assert run_params.normalize({"ranks": [], "drop_percents": [], "auto_rank": True})["auto_rank"] is True
+
+
+@pytest.mark.parametrize(
+    "bad", [{"ranks": [0]}, {"ranks": ["x"]}, {"drop_percents": [100]}, {"k": 0}, {"oversample": -1}, {"seed": -1}]
+)
+def test_values_that_escaped_the_schema_are_refused(bad: dict) -> None:
+    with pytest.raises(ParameterError):
+        run_params.normalize(bad)
+
+
+def test_hash_ignores_force_and_order_but_not_results() -> None:
+    base = run_params.params_hash(run_params.normalize({"ranks": [5, 10]}))
+    assert run_params.params_hash(run_params.normalize({"ranks": [10, 5], "force": True})) == base
+    assert run_params.params_hash(run_params.normalize({"ranks": [5, 10], "seed": 1})) != base
+    assert run_params.params_hash(run_params.normalize({"ranks": [5, 11]})) != base
+    assert len(base) == 16
+
+
+def test_svd_key_names_the_svd_parameters() -> None:
+    assert run_params.svd_key(run_params.normalize({"k": 30, "oversample": 5, "power_iters": 1, "seed": 3})) == "k30-o5-q1-s3"
+
+
+def test_every_param_has_a_schema_title_and_description() -> None:
+    for name, (default, schema, title, description) in run_params.PARAM_SPECS.items():
+        assert schema.get("type") and title and description, name
+    assert set(run_params.RESULT_PARAMS) == set(run_params.PARAM_SPECS) - {"force"}
