@@ -45,7 +45,7 @@ demo: install
 	$(BIN)/python scripts/demo.py
 
 ui: install
-	bash scripts/ui.sh
+	$(BIN)/python scripts/ui.py
 
 bench: install
 	$(BIN)/python bench/svd.py

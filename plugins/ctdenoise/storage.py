@@ -32,17 +32,24 @@ SUCCESS_MARKER = "_SUCCESS"
 ZARR_METADATA = "zarr.json"
 
 
-def storage_options_from_env(protocol: str) -> dict[str, Any]:
-    """Options for fsspec filesystems that need them (S3 endpoint override for MinIO/moto)."""
+def storage_options_from_env(protocol: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Options for fsspec filesystems that need them (S3 endpoint override for MinIO/moto).
+
+    ``env`` defaults to the process environment; the local runtime passes the ``AWS_*`` view of
+    an Airflow connection instead (:func:`ctdenoise.orchestration.aws.environment`).
+    """
+    env = os.environ if env is None else env
     if protocol in ("s3", "s3a"):
         options: dict[str, Any] = {}
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
         if endpoint:
             options["endpoint_url"] = endpoint
-        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
         if key and secret:
             options["key"], options["secret"] = key, secret
-        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+            if env.get("AWS_SESSION_TOKEN"):
+                options["token"] = env["AWS_SESSION_TOKEN"]
+        region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION")
         if region:
             options["client_kwargs"] = {"region_name": region}
         return options

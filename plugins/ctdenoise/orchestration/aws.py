@@ -35,17 +35,9 @@ def connection_settings(conn_id: str) -> dict[str, str | None]:
 
 def storage_options(conn_id: str) -> dict[str, Any]:
     """fsspec/s3fs ``storage_options`` for :mod:`ctdenoise.storage` and the package functions."""
-    cfg = connection_settings(conn_id)
-    options: dict[str, Any] = {}
-    if cfg["key"] and cfg["secret"]:
-        options["key"], options["secret"] = cfg["key"], cfg["secret"]
-        if cfg["token"]:
-            options["token"] = cfg["token"]
-    if cfg["endpoint_url"]:
-        options["endpoint_url"] = cfg["endpoint_url"]
-    if cfg["region_name"]:
-        options["client_kwargs"] = {"region_name": cfg["region_name"]}
-    return options
+    from ctdenoise.storage import storage_options_from_env
+
+    return storage_options_from_env("s3", environment(conn_id))
 
 
 def environment(conn_id: str) -> dict[str, str]:
