@@ -63,7 +63,12 @@ def cmd_ranks(args: argparse.Namespace) -> int:
 
     s, _, attrs = read_svd(args.svd)
     for choice in select_ranks(
-        s, tuple(attrs["matrix_shape"]), ranks=args.ranks, drop_percents=args.drop_percents, auto=args.auto
+        s,
+        tuple(attrs["matrix_shape"]),
+        ranks=args.ranks,
+        drop_percents=args.drop_percents,
+        auto=args.auto,
+        frobenius_norm=attrs.get("frobenius_norm"),
     ):
         _emit(choice.as_dict())
     return 0

@@ -78,22 +78,42 @@ def modified_time(info: Mapping[str, Any]) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def forget_listings(fs: Any, root: str) -> None:
+    """Drop the cached listings of ``root``, of its parents and of every folder below it.
+
+    ``invalidate_cache(root)`` alone keeps the folders below ``root``, and s3fs's ``find`` caches
+    the listing of each sub-folder it sees but never refreshes one it already holds: a series
+    folder listed while half uploaded would stay half listed for every later reader in the same
+    process (the filesystem instance is shared), and ``convert`` would then fail to open the
+    newer slices (FileNotFoundError) although its own listing shows them.
+    """
+    fs.invalidate_cache(root)
+    cache = getattr(fs, "dircache", None)
+    if cache is not None:
+        for key in [k for k in list(cache) if k == root or k.startswith(root + "/")]:
+            cache.pop(key, None)
+
+
 def list_partition(
     partition_url: str, storage_options: Mapping[str, Any] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """``{folder: [{"path", "size", "modified"}, ...]}`` of the series folders of a partition.
 
-    Listings are never served from a cache (sensors list the same prefix again and again).
-    A missing partition is an empty one.
+    Listings are never served from a cache (sensors list the same prefix again and again), and
+    none is left behind (:func:`forget_listings`). A missing partition is an empty one.
     """
     fs, root = storage.get_fs(partition_url, storage_options)
     root = root.rstrip("/")
-    fs.invalidate_cache(root)
+    forget_listings(fs, root)
     if not fs.exists(root):
         return {}
+    try:
+        found = fs.find(root, detail=True)
+    finally:
+        forget_listings(fs, root)
     folders: dict[str, list[dict[str, Any]]] = {}
     loose: list[str] = []
-    for path, info in sorted(fs.find(root, detail=True).items()):
+    for path, info in sorted(found.items()):
         if info.get("type") == "directory":
             continue
         rel = path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)

@@ -1,0 +1,290 @@
+"""Distributed truncated SVD of a series matrix: the spark-submit application.
+
+    spark-submit spark/dssvd.py --matrix URL --out URL --rank K \\
+        [--oversample 15] [--power-iters 2] [--seed 0] [--method auto|stochastic|exact] [--with-u]
+
+It replaces the seed pipeline's Mahout ``dssvd`` (randomized SVD, Halko-Martinsson-Tropp) with the
+same algorithm on numpy blocks. The job is thin: the kernels and the algorithm are in
+``ctdenoise.decomposition`` (shared with ``ctdenoise svd``); this file distributes them.
+
+- The driver opens only the matrix metadata (shape, chunks) and validates the parameters before
+  any Spark work; it never loads ``A``.
+- Executors read their own chunk-aligned row blocks from the Zarr matrix through fsspec (a local
+  path, ``file://`` or ``s3://`` with endpoint and keys from the environment: no hadoop-aws jars),
+  and return small float64 partial sums, added by a deterministic tree (partition order, then
+  pairwise levels when the partials are too many to collect).
+- The SVD group is staged locally and published atomically at ``--out``
+  (``ctdenoise.matrix_store.write_svd``): nothing is visible there until it is complete.
+
+Exit status: 0 on success; 2 with a one-line ``error: ...`` for a missing matrix or a bad
+parameter (checked before Spark starts work); 1 when a Spark stage fails (the cause is logged).
+The result is printed as one JSON line, the last line of the output (spark-submit merges the
+Python driver's stderr into its stdout, so log lines precede it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ctdenoise.dssvd")
+
+#: Partials are collected to the driver when their total size is below this; larger sums first
+#: go through pairwise reduce levels on the executors.
+MAX_COLLECT_BYTES = 256 * 2**20
+#: Environment variables forwarded to executors on a standalone cluster (S3 access).
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+
+
+def _ensure_package() -> str | None:
+    """Import ctdenoise; from a source checkout, fall back to ``<repo>/plugins`` (returned)."""
+    try:
+        import ctdenoise  # noqa: F401
+
+        return None
+    except ImportError:
+        plugins = Path(__file__).resolve().parent.parent / "plugins"
+        sys.path.insert(0, str(plugins))
+        import ctdenoise  # noqa: F401
+
+        return str(plugins)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dssvd.py", description="Distributed truncated SVD of a series matrix (Spark).")
+    parser.add_argument("--matrix", required=True, help="series matrix (Zarr URL: path, file://, s3://)")
+    parser.add_argument("--out", required=True, help="where to publish the SVD group (Zarr URL)")
+    parser.add_argument("--rank", type=int, required=True, help="number of singular triplets k")
+    parser.add_argument("--oversample", type=int, default=15, help="oversampling p (stochastic)")
+    parser.add_argument("--power-iters", type=int, default=2, help="power iterations q (stochastic)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random test matrix")
+    parser.add_argument("--method", choices=["auto", "stochastic", "exact"], default="auto")
+    parser.add_argument("--with-u", action="store_true", help="also store U (rows x k, float32; gathered on the driver)")
+    parser.add_argument("--partitions", type=int, default=None, help="row-block partitions (default: from cores and size)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+class SparkRunner:
+    """The block kernels of ``ctdenoise.decomposition`` summed over the matrix by Spark."""
+
+    def __init__(self, sc: Any, matrix_url: str, shape: Sequence[int], chunk_rows: int, partitions: int):
+        from ctdenoise.decomposition import partition_row_ranges
+
+        self.sc = sc
+        self.url = matrix_url
+        self.n = int(shape[1])
+        self.groups = partition_row_ranges(int(shape[0]), chunk_rows, partitions)
+        self.partitions = len(self.groups)
+        # One element per partition: the list of its chunk ranges.
+        self.rdd = sc.parallelize(self.groups, self.partitions)
+
+    def _tree_sum(self, kind: str, payload: Any, partial_bytes: int) -> Any:
+        from ctdenoise.decomposition import add_partials, pair_key, partition_task, sum_partials
+
+        self.sc.setJobDescription(f"dssvd {kind} pass over {self.partitions} partitions")
+        rdd = self.rdd.mapPartitionsWithIndex(functools.partial(partition_task, kind, self.url, payload))
+        count = self.partitions
+        while count > 1 and count * partial_bytes > MAX_COLLECT_BYTES:
+            count = math.ceil(count / 2)
+            rdd = rdd.map(pair_key).reduceByKey(add_partials, numPartitions=count)
+        parts = sorted(rdd.collect(), key=lambda item: item[0])
+        return sum_partials(p for _, p in parts)
+
+    def gram(self):
+        return self._tree_sum("gram", None, 8 * self.n * self.n)
+
+    def sketch(self, W, with_norm: bool):
+        bc = self.sc.broadcast((W, with_norm))
+        try:
+            return self._tree_sum("sketch", bc, 8 * (W.shape[1] ** 2 + self.n * W.shape[1]))
+        finally:
+            bc.unpersist()
+
+    def project(self, V_over_s):
+        import numpy as np
+
+        from ctdenoise.decomposition import partition_task
+
+        bc = self.sc.broadcast(V_over_s)
+        try:
+            self.sc.setJobDescription("dssvd U = A V / s")
+            rdd = self.rdd.mapPartitionsWithIndex(functools.partial(partition_task, "project", self.url, bc))
+            parts = sorted(rdd.collect(), key=lambda item: item[0])
+            return np.concatenate([p for _, p in parts], axis=0)
+        finally:
+            bc.unpersist()
+
+
+def configure(plugins_path: str | None = None):
+    """The SparkConf this job wants, without overriding anything set by spark-submit."""
+    from pyspark import SparkConf, SparkContext
+
+    # Connect to (or start) the JVM first, so that SparkConf() loads what spark-submit set
+    # (spark.master among others); without a JVM it would be an empty Python-side conf.
+    SparkContext._ensure_initialized()
+    conf = SparkConf()
+    conf.setIfMissing("spark.app.name", "ctdenoise-dssvd")
+    conf.setIfMissing("spark.python.worker.reuse", "true")
+    conf.setIfMissing("spark.ui.showConsoleProgress", "false")
+    # One BLAS thread per task slot: Spark already runs one task per core.
+    task_cpus = conf.get("spark.task.cpus", "1")
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        conf.setIfMissing(f"spark.executorEnv.{var}", task_cpus)
+    master = conf.get("spark.master", "")
+    if master.startswith("spark://"):
+        # Executors of a standalone cluster do not inherit the driver's environment.
+        for var in FORWARDED_ENV:
+            if os.environ.get(var):
+                conf.setIfMissing(f"spark.executorEnv.{var}", os.environ[var])
+    if plugins_path:
+        conf.setIfMissing("spark.executorEnv.PYTHONPATH", plugins_path)
+    return conf
+
+
+def run(sc: Any, args: argparse.Namespace, session_seconds: float | None = None) -> dict[str, Any]:
+    """Compute and publish the SVD with an existing SparkContext; returns the summary record.
+
+    Raises :class:`ctdenoise.errors.CtDenoiseError` / ``FileNotFoundError`` for bad input
+    (before any Spark job) and lets Spark errors propagate.
+    """
+    import numpy as np
+
+    from ctdenoise.decomposition import Timings, decompose, default_partitions, publish_result, validate_params, warm_up
+    from ctdenoise.errors import ParameterError
+    from ctdenoise.matrix_store import open_matrix
+
+    timings = Timings()
+    if session_seconds is not None:
+        timings.stages["session_start"] = session_seconds
+    arr = open_matrix(args.matrix)  # metadata only: shape, chunks, dtype
+    if arr.ndim != 2:
+        raise ParameterError(f"{args.matrix}: a series matrix is 2-D (voxels, slices), got shape {arr.shape}")
+    validate_params(arr.shape, args.rank, args.oversample, args.power_iters, args.method, args.matrix)
+    if args.partitions is not None and args.partitions < 1:
+        raise ParameterError(f"{args.matrix}: partitions must be >= 1, got {args.partitions}")
+    with timings.stage("workers_start"):
+        # Python workers start (imports, Zarr and BLAS set-up on one row) here, not inside the
+        # first pass; with spark.python.worker.reuse they serve every later task. Reported in
+        # the timings, outside compute_total.
+        slots = sc.defaultParallelism
+        sc.setJobDescription("dssvd: start Python workers")
+        pids = sc.parallelize(range(slots), slots).mapPartitionsWithIndex(functools.partial(warm_up, args.matrix)).collect()
+        log.info("%d Python worker(s) ready: pids %s", len(set(pids)), sorted(set(pids)))
+    with timings.stage("open"):
+        shape = tuple(int(x) for x in arr.shape)
+        chunk_rows = int(arr.chunks[0])
+        partitions = args.partitions or default_partitions(shape, chunk_rows, sc.defaultParallelism, arr.dtype.itemsize)
+        runner = SparkRunner(sc, args.matrix, shape, chunk_rows, partitions)
+    result = decompose(
+        runner,
+        shape,
+        args.rank,
+        method=args.method,
+        oversample=args.oversample,
+        power_iters=args.power_iters,
+        seed=args.seed,
+        with_u=args.with_u,
+        float32_data=arr.dtype != np.float64,
+        source=args.matrix,
+        timings=timings,
+    )
+    extra = {
+        "partitions": runner.partitions,
+        "spark_master": sc.master,
+        "spark_version": sc.version,
+        "default_parallelism": sc.defaultParallelism,
+    }
+    return publish_result(result, args.matrix, args.out, timings, engine="spark", extra_attrs=extra)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    plugins_path = _ensure_package()
+    from ctdenoise.decomposition import validate_params
+    from ctdenoise.errors import CtDenoiseError
+    from ctdenoise.matrix_store import open_matrix
+
+    # Fail fast, before a SparkContext: a missing matrix or a bad parameter exits 2.
+    try:
+        arr = open_matrix(args.matrix)
+        validate_params(arr.shape, args.rank, args.oversample, args.power_iters, args.method, args.matrix)
+        if args.partitions is not None and args.partitions < 1:
+            raise CtDenoiseError(f"{args.matrix}: partitions must be >= 1, got {args.partitions}")
+    except (CtDenoiseError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # pyspark may warn about pandas >= 3; this job does not use pandas (nor pyspark.sql: a plain
+    # SparkContext starts faster than a SparkSession and imports no pandas).
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
+    from pyspark import SparkContext
+
+    t0 = time.perf_counter()
+    sc = SparkContext._active_spark_context  # tests and notebooks run main() in their context
+    owns_session = sc is None
+    if owns_session:
+        sc = SparkContext(conf=configure(plugins_path))
+        if not args.verbose:
+            sc.setLogLevel("WARN")
+    session_seconds = time.perf_counter() - t0
+    try:
+        record = run(sc, args, session_seconds=session_seconds if owns_session else None)
+    except (CtDenoiseError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a failed Spark stage (Py4JJavaError) or an executor-side error
+        log.exception("dssvd failed: %s", exc.__class__.__name__)
+        print(f"error: Spark job failed: {_first_line(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        if owns_session:
+            sc.stop()
+    print(json.dumps(record, sort_keys=True), flush=True)
+    return 0
+
+
+_PY_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The cause of a failed job in one line: the executor's Python exception when there is one.
+
+    A Py4JJavaError carries the executor's Python traceback among Java frames; its last Python
+    exception line (``ctdenoise.errors.InputError: ...``, ``RuntimeError: ...``) names the cause.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    java = ("org.", "java.", "scala.", "py4j.", "Caused by", "at ")
+    python = [line for line in lines if _PY_EXCEPTION.match(line) and not line.startswith(java)]
+    if python:
+        return python[-1][:500]
+    return (lines[0][:500] if lines else "") or exc.__class__.__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
