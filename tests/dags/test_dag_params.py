@@ -7,20 +7,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dag_fixtures import load_dag, sample_series
+from dag_fixtures import sample_series
 
 from ctdenoise.errors import ParameterError
 from ctdenoise.orchestration import batch
 from ctdenoise.orchestration import params as run_params
 
-
-@pytest.fixture(scope="module")
-def dag() -> Any:
-    mp = pytest.MonkeyPatch()
-    try:
-        yield load_dag("local", mp)
-    finally:
-        mp.undo()
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,7 @@ import types
 from typing import Any
 
 import pytest
-from dag_fixtures import load_dag
 
-
-@pytest.fixture(scope="module")
-def dag() -> Any:
-    mp = pytest.MonkeyPatch()
-    try:
-        yield load_dag("local", mp)
-    finally:
-        mp.undo()
 
 
 def rendered(op: Any, ds: str = "2026-11-20") -> Any:
