@@ -1,4 +1,4 @@
-"""ct_denoise: denoise the low-dose CT series of one arrival partition by truncated SVD on Spark.
+"""ct_denoise: denoise the low-dose CT series of one arrival partition by low-rank models on Spark.
 
 A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series)::
 
@@ -12,8 +12,11 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
 - ``discover_series``: the series folders, minus those already published with the same
   parameters (``report.json`` params hash) unless ``force``.
 - ``convert`` / ``dssvd``: mapped per series (pods + SparkApplication, or Python + spark-submit).
-- ``plan_ranks``: the flat (series, rank) list from each spectrum and the rank rules.
-- ``reconstruct``: one task per (series, rank), labelled "<series> rank=<r>".
+- ``dssvd`` computes what the run's ``modes`` ask for: the global SVD and/or the local low-rank
+  estimates (tiles through all slices, one estimate per threshold multiplier).
+- ``plan_ranks``: the flat list of outputs: (series, rank) from each spectrum and the rank rules
+  (global mode), (series, multiplier) for the local mode.
+- ``reconstruct``: one task per output, labelled "<series> rank=<r>" or "<series> local x<m>".
 - ``report``: per series; publishes ``report.html`` then ``report.json`` (the completion
   marker) only when every planned rank of the series was written.
 
@@ -81,7 +84,7 @@ def check_params(context) -> None:
 
 @dag(
     dag_id="ct_denoise",
-    description="Denoise low-dose CT series by truncated SVD (Spark), one arrival partition per run",
+    description="Denoise low-dose CT series by global and local low-rank models (Spark), one arrival partition per run",
     schedule=CronDataIntervalTimetable(settings.schedule, timezone=settings.timezone) if settings.schedule else None,
     start_date=datetime.fromisoformat(settings.start_date).replace(tzinfo=ZoneInfo(settings.timezone)),
     catchup=settings.catchup,
@@ -130,6 +133,7 @@ def ct_denoise() -> None:
             params=normalized,
             params_hash=run_params.params_hash(normalized),
             svd_key=run_params.svd_key(normalized),
+            local_key=run_params.local_key(normalized),
             settle_seconds=settings.settle_seconds,
             storage_options=aws.storage_options(settings.aws_conn_id),
         )

@@ -4,8 +4,9 @@
 2. simulates two low-dose phantom series (with their noise-free truth) and one broken series
    (two slices at one position), uploads them to today's partition ``incoming/<today>/``;
 3. runs ``airflow dags test ct_denoise <today>`` on the local runtime (Spark local[2]);
-4. downloads ``denoised/`` into ``demo-output/`` and prints, per series and rank, PSNR and SSIM
-   against the truth, the noise estimate and the writer's seconds, then the report paths;
+4. downloads ``denoised/`` into ``demo-output/`` and prints, per series and output (global
+   mode: each rank; local mode: each threshold multiplier), PSNR and SSIM against the truth,
+   the noise estimate and the writer's seconds, then the report paths;
 5. stops everything it started, also on Ctrl-C.
 
 Sizes via environment: DEMO_SIZE (512), DEMO_SLICES (64), DEMO_PHOTONS (2e4), DEMO_DATE (today).
@@ -82,12 +83,19 @@ def evaluate(denoised: Path, truths: dict[str, Path], inputs: dict[str, Path]) -
         truth = load_volume(truth_dir)[0] if truth_dir else None
         if input_dir is not None and truth is not None:
             rows.append({"series": source_uid, "what": "low-dose input", **compare(load_volume(input_dir)[0], truth)})
-        for entry in report.get("ranks", []):
-            rank_dir = report_json.parent / f"rank-{entry['rank']}"
-            metrics = entry.get("metrics") or {}
-            row = {"series": source_uid, "what": f"rank {entry['rank']} ({rule_names(entry.get('rules', []))})"}
-            if truth is not None and (rank_dir / "dicom").is_dir():
-                row.update(compare(load_volume(rank_dir / "dicom")[0], truth))
+        outputs = [
+            (f"rank-{e['rank']}", f"global rank {e['rank']} ({rule_names(e.get('rules', []))})", e.get("metrics") or {})
+            for e in report.get("ranks", [])
+        ] + [
+            (f"local-x{o['multiplier']:g}", f"local x{o['multiplier']:g}" + (" (optimal threshold)" if o["multiplier"] == 1 else ""),
+             o.get("metrics") or {})
+            for o in (report.get("local") or {}).get("outputs", [])
+        ]  # fmt: skip
+        for folder, what, metrics in outputs:
+            out_dir = report_json.parent / folder
+            row = {"series": source_uid, "what": what}
+            if truth is not None and (out_dir / "dicom").is_dir():
+                row.update(compare(load_volume(out_dir / "dicom")[0], truth))
             row["seconds"] = metrics.get("seconds")
             rows.append(row)
         rows.append({"series": source_uid, "what": f"report: {report_json.with_suffix('.html').relative_to(REPO)}"})
@@ -98,7 +106,7 @@ def print_table(rows: list[dict]) -> None:
     def fmt(value, spec):  # noqa: ANN001
         return format(value, spec) if isinstance(value, int | float) else "-"
 
-    print(f"\n{'series':<28} {'input / rank (rule)':<44} {'PSNR dB':>8} {'SSIM':>6} {'noise HU':>9} {'seconds':>8}")
+    print(f"\n{'series':<28} {'input / mode, rank or multiplier':<44} {'PSNR dB':>8} {'SSIM':>6} {'noise HU':>9} {'seconds':>8}")
     for row in rows:
         series = row["series"]
         short = series if len(series) <= 28 else "..." + series[-25:]

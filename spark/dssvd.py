@@ -1,7 +1,15 @@
 """Distributed truncated SVD of a series matrix: the spark-submit application.
 
-    spark-submit spark/dssvd.py --matrix URL --out URL --rank K \\
-        [--oversample 15] [--power-iters 2] [--seed 0] [--method auto|stochastic|exact] [--with-u]
+    spark-submit spark/dssvd.py --matrix URL [--out URL --rank K] [--local-out URL] \\
+        [--oversample 15] [--power-iters 2] [--seed 0] [--method auto|stochastic|exact] [--with-u] \\
+        [--tile 16] [--stride 8] [--multipliers 0.5,1,1.5] [--shrinkage frobenius|hard]
+
+Two modes, one job (both in one SparkContext when both outputs are given):
+
+- *global* (``--out``): the truncated SVD of the whole series matrix, published as the SVD group;
+- *local* (``--local-out``): local low-rank denoising (``ctdenoise.local_lowrank``): overlapping
+  tiles through all slices, each shrunk on its own, for every threshold multiplier; published as
+  the local group (the denoised matrices ``D``, per-tile ranks and noise levels).
 
 It replaces the seed pipeline's Mahout ``dssvd`` (randomized SVD, Halko-Martinsson-Tropp) with the
 same algorithm on numpy blocks. The job is thin: the kernels and the algorithm are in
@@ -69,11 +77,25 @@ def _ensure_package() -> str | None:
         return str(plugins)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dssvd.py", description="Distributed truncated SVD of a series matrix (Spark).")
     parser.add_argument("--matrix", required=True, help="series matrix (Zarr URL: path, file://, s3://)")
-    parser.add_argument("--out", required=True, help="where to publish the SVD group (Zarr URL)")
-    parser.add_argument("--rank", type=int, required=True, help="number of singular triplets k")
+    parser.add_argument("--out", help="global mode: where to publish the SVD group (Zarr URL)")
+    parser.add_argument("--rank", type=int, help="global mode: number of singular triplets k")
+    parser.add_argument("--local-out", help="local mode: where to publish the local low-rank group (Zarr URL)")
+    parser.add_argument("--tile", type=int, default=LOCAL_DEFAULTS.tile, help="local mode: tile size in pixels")
+    parser.add_argument("--stride", type=int, default=LOCAL_DEFAULTS.stride, help="local mode: tile stride in pixels")
+    parser.add_argument("--multipliers", type=_floats, default=LOCAL_DEFAULTS.multipliers,
+                        help="local mode: threshold multipliers, comma-separated (1 = the optimal threshold)")
+    parser.add_argument("--shrinkage", choices=["frobenius", "hard"], default=LOCAL_DEFAULTS.shrinkage,
+                        help="local mode: optimal shrinkage for Frobenius loss, or the optimal hard threshold")
     parser.add_argument("--oversample", type=int, default=15, help="oversampling p (stochastic)")
     parser.add_argument("--power-iters", type=int, default=2, help="power iterations q (stochastic)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random test matrix")
@@ -82,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--partitions", type=int, default=None, help="row-block partitions (default: from cores and size)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+class _LocalDefaults:
+    """``ctdenoise.local_lowrank.LocalParams()`` defaults, imported when the parser is built."""
+
+    def __getattr__(self, name: str) -> Any:
+        _ensure_package()
+        from ctdenoise.local_lowrank import LocalParams
+
+        return getattr(LocalParams(), name)
+
+
+LOCAL_DEFAULTS = _LocalDefaults()
 
 
 class SparkRunner:
@@ -135,6 +170,73 @@ class SparkRunner:
             bc.unpersist()
 
 
+def local_params(args: argparse.Namespace):
+    """The validated :class:`ctdenoise.local_lowrank.LocalParams` of the command line."""
+    from ctdenoise.local_lowrank import LocalParams
+
+    return LocalParams(
+        tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage, seed=args.seed
+    ).validate(args.matrix)
+
+
+def validate_args(args: argparse.Namespace, shape: Sequence[int]) -> None:
+    """Every parameter check that needs no Spark work (:class:`CtDenoiseError` naming the matrix)."""
+    from ctdenoise.decomposition import validate_params
+    from ctdenoise.errors import ParameterError
+
+    if not args.out and not args.local_out:
+        raise ParameterError(f"{args.matrix}: nothing to do: give --out (global SVD) and/or --local-out (local mode)")
+    if args.out:
+        if args.rank is None:
+            raise ParameterError(f"{args.matrix}: --out (global SVD) needs --rank")
+        validate_params(shape, args.rank, args.oversample, args.power_iters, args.method, args.matrix)
+    if args.local_out:
+        local_params(args)
+    if args.partitions is not None and args.partitions < 1:
+        raise ParameterError(f"{args.matrix}: partitions must be >= 1, got {args.partitions}")
+
+
+def run_local(sc: Any, args: argparse.Namespace, arr: Any, session_seconds: float | None = None) -> dict[str, Any]:
+    """Local low-rank mode: tiles denoised on the executors, bands streamed to the driver and
+    written into a staged local group, published atomically at ``--local-out``.
+
+    Each partition holds a contiguous group of image-row bands (one ``D`` chunk each) and reads
+    the rows they need once; bands reach the driver one partition at a time
+    (``toLocalIterator``), so the driver holds one partition's output, never the volume.
+    """
+    from ctdenoise import local_lowrank
+    from ctdenoise.decomposition import Timings
+
+    params = local_params(args)
+    timings = Timings()
+    if session_seconds is not None:
+        timings.stages["session_start"] = session_seconds
+    rows, columns = local_lowrank.matrix_geometry(arr, args.matrix)
+    chunk_rows = int(arr.chunks[0])
+    bands = local_lowrank.row_bands(rows, columns, chunk_rows)
+    groups = [bands[a:b] for a, b in _group_bounds(len(bands), args.partitions or 2 * sc.defaultParallelism)]
+    attrs = {
+        **local_lowrank.group_attrs(params, rows, columns, args.matrix, arr.shape),
+        "partitions": len(groups),
+        "spark_master": sc.master,
+        "spark_version": sc.version,
+        "engine": "spark",
+    }
+    sc.setJobDescription(f"dssvd local mode: {len(bands)} bands in {len(groups)} partitions")
+    rdd = sc.parallelize(groups, len(groups)).mapPartitionsWithIndex(
+        functools.partial(local_lowrank.partition_task, args.matrix, rows, columns, params.as_dict())
+    )
+    return local_lowrank.publish_bands(
+        args.local_out, rdd.toLocalIterator(prefetchPartitions=True), rows, columns, arr.shape, params, attrs, timings, chunk_rows
+    )
+
+
+def _group_bounds(count: int, groups: int) -> list[tuple[int, int]]:
+    groups = max(1, min(groups, count))
+    bounds = [round(i * count / groups) for i in range(groups + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(groups)]
+
+
 def configure(plugins_path: str | None = None):
     """The SparkConf this job wants, without overriding anything set by spark-submit."""
     from pyspark import SparkConf, SparkContext
@@ -169,7 +271,7 @@ def run(sc: Any, args: argparse.Namespace, session_seconds: float | None = None)
     """
     import numpy as np
 
-    from ctdenoise.decomposition import Timings, decompose, default_partitions, publish_result, validate_params, warm_up
+    from ctdenoise.decomposition import Timings, decompose, default_partitions, publish_result, warm_up
     from ctdenoise.errors import ParameterError
     from ctdenoise.matrix_store import open_matrix
 
@@ -179,9 +281,7 @@ def run(sc: Any, args: argparse.Namespace, session_seconds: float | None = None)
     arr = open_matrix(args.matrix)  # metadata only: shape, chunks, dtype
     if arr.ndim != 2:
         raise ParameterError(f"{args.matrix}: a series matrix is 2-D (voxels, slices), got shape {arr.shape}")
-    validate_params(arr.shape, args.rank, args.oversample, args.power_iters, args.method, args.matrix)
-    if args.partitions is not None and args.partitions < 1:
-        raise ParameterError(f"{args.matrix}: partitions must be >= 1, got {args.partitions}")
+    validate_args(args, arr.shape)
     with timings.stage("workers_start"):
         # Python workers start (imports, Zarr and BLAS set-up on one row) here, not inside the
         # first pass; with spark.python.worker.reuse they serve every later task. Reported in
@@ -190,6 +290,8 @@ def run(sc: Any, args: argparse.Namespace, session_seconds: float | None = None)
         sc.setJobDescription("dssvd: start Python workers")
         pids = sc.parallelize(range(slots), slots).mapPartitionsWithIndex(functools.partial(warm_up, args.matrix)).collect()
         log.info("%d Python worker(s) ready: pids %s", len(set(pids)), sorted(set(pids)))
+    if not args.out:
+        return run_local(sc, args, arr, session_seconds)
     with timings.stage("open"):
         shape = tuple(int(x) for x in arr.shape)
         chunk_rows = int(arr.chunks[0])
@@ -214,7 +316,10 @@ def run(sc: Any, args: argparse.Namespace, session_seconds: float | None = None)
         "spark_version": sc.version,
         "default_parallelism": sc.defaultParallelism,
     }
-    return publish_result(result, args.matrix, args.out, timings, engine="spark", extra_attrs=extra)
+    record = publish_result(result, args.matrix, args.out, timings, engine="spark", extra_attrs=extra)
+    if args.local_out:
+        record["local"] = run_local(sc, args, arr)
+    return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -225,16 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     plugins_path = _ensure_package()
-    from ctdenoise.decomposition import validate_params
     from ctdenoise.errors import CtDenoiseError
     from ctdenoise.matrix_store import open_matrix
 
     # Fail fast, before a SparkContext: a missing matrix or a bad parameter exits 2.
     try:
         arr = open_matrix(args.matrix)
-        validate_params(arr.shape, args.rank, args.oversample, args.power_iters, args.method, args.matrix)
-        if args.partitions is not None and args.partitions < 1:
-            raise CtDenoiseError(f"{args.matrix}: partitions must be >= 1, got {args.partitions}")
+        validate_args(args, arr.shape)
     except (CtDenoiseError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

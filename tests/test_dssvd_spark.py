@@ -271,3 +271,40 @@ def test_spark_submit_bad_parameter_fails_with_a_clear_message(matrix, tmp_path)
     proc = _spark_submit("--matrix", url, "--out", str(tmp_path / "x.zarr"), "--rank", "0")
     assert proc.returncode != 0
     assert "rank must be a positive integer, got 0" in proc.stdout + proc.stderr
+
+
+def test_local_mode_matches_the_numpy_engine_and_publishes_both_groups(spark, dssvd, matrix, tmp_path, capsys):
+    """Both modes in one job; the tiles denoised on executors equal the in-process loop."""
+    from ctdenoise.local_lowrank import LocalParams, denoise_matrix
+    from ctdenoise.matrix_store import open_local
+
+    url, A = matrix
+    out, local_out = str(tmp_path / "svd.zarr"), str(tmp_path / "local.zarr")
+    code, record, err = run_main(
+        dssvd, capsys, "--matrix", url, "--out", out, "--rank", "4", "--local-out", local_out,
+        "--tile", "8", "--stride", "4", "--multipliers", "0.5,1", "--partitions", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    assert record["svd"] == out and record["local"]["local"] == local_out
+    group, attrs = open_local(local_out)
+    assert attrs["mode"] == "local" and attrs["multipliers"] == [0.5, 1.0] and attrs["partitions"] == 3
+    expected, _ = denoise_matrix(A.astype(np.float32), 64, 64, LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0)))
+    np.testing.assert_allclose(group["D"][...], expected, rtol=1e-6, atol=1e-3)
+    ranks = group["tile_ranks"][...]
+    assert ranks.shape == (2, 15, 15) and (ranks[0] >= ranks[1]).all() and ranks.min() >= 0
+    assert group["tile_sigma"][...].shape == (15, 15)
+    assert record["local"]["timings"]["compute_total"] > 0
+
+
+def test_local_mode_alone_and_its_bad_parameters(spark, dssvd, matrix, tmp_path, capsys):
+    url, _ = matrix
+    local_out = str(tmp_path / "local.zarr")
+    code, _, err = run_main(dssvd, capsys, "--matrix", url, "--local-out", local_out, "--tile", "8", "--stride", "9")
+    assert code == 2 and "stride must be between 1 and the tile size 8, got 9" in err
+    code, _, err = run_main(dssvd, capsys, "--matrix", url)
+    assert code == 2 and "nothing to do" in err
+    assert not Path(local_out).exists()
+    code, record, err = run_main(dssvd, capsys, "--matrix", url, "--local-out", local_out, "--tile", "16", "--stride", "8")
+    assert code == 0, err
+    assert record["mode"] == "local" and not (tmp_path / "svd.zarr").exists()
+    assert set(record["summary"]["multipliers"]) == {"x0.5", "x1", "x1.5"}

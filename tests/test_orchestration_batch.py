@@ -255,3 +255,67 @@ def test_complete_series_publishes_report_json_with_params_hash(converted_series
 def test_report_needs_a_converted_matrix(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not converted"):
         batch.report_series(series_for(tmp_path), [], [], {})
+
+
+# -- local mode --------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def converted_both(tmp_path: Path) -> dict[str, Any]:
+    """A real series decomposed in both modes (numpy engines), as the DAG's dssvd leaves it."""
+    from ctdenoise.convert import convert
+    from ctdenoise.decomposition import svd_numpy
+    from ctdenoise.local_lowrank import local_numpy
+
+    uid = uid_for("both-modes")
+    conf = {"ranks": [2], "drop_percents": [], "auto_rank": False, "tile": 8, "stride": 4, "multipliers": [1.5, 0.5]}
+    normalized = run_params.normalize(conf)
+    series = batch.series_record(
+        folder="scan-b", source_url=str(tmp_path / "incoming" / "scan-b"), series_uid=uid, ds=DS,
+        work_url=str(tmp_path / "work"), denoised_url=str(tmp_path / "denoised"), params=normalized,
+        params_hash=run_params.params_hash(normalized), svd_key=run_params.svd_key(normalized),
+        local_key=run_params.local_key(normalized), files=6,
+    )  # fmt: skip
+    write_series(Path(series["source_url"]), uid, n=6)
+    records = list(convert(series["source_url"], series["matrix_dir"]))
+    svd_numpy(series["matrix_url"], series["svd_url"], rank=6)
+    local_numpy(series["matrix_url"], series["local_url"], run_params.local_params(normalized))
+    return batch.convert_result(series, records)
+
+
+def test_local_mode_plans_one_output_per_multiplier_and_reports_both_modes(converted_both: dict[str, Any]) -> None:
+    from ctdenoise.writer import reconstruct
+
+    def reconstruct_item(item: dict[str, Any]) -> dict[str, Any]:  # what the local runtime's task does
+        return batch.reconstruct_result(item, [reconstruct(**batch.reconstruct_kwargs(item))])
+
+    series = converted_both["series"]
+    assert series["local_url"].endswith("/work/scan-b/local-t8-s4-frobenius-m0.5_1.5-s0.zarr")
+    args = batch.dssvd_arguments(converted_both)
+    assert args[args.index("--local-out") + 1] == series["local_url"] and args[args.index("--multipliers") + 1] == "0.5,1.5"
+    assert args[args.index("--out") + 1] == series["svd_url"]
+    items = batch.plan_series(converted_both)
+    assert [(i["mode"], i["rank"], i["multiplier"]) for i in items] == [("global", 2, None), ("local", None, 0.5), ("local", None, 1.5)]
+    assert [i["label"] for i in items] == ["scan-b rank=2", "scan-b local x0.5", "scan-b local x1.5"]
+    assert items[1]["output_url"].endswith(f"/denoised/{series['series_instance_uid']}/local-x0.5")
+    assert batch.reconstruct_arguments(items[2])[-2:] == ["--multiplier", "1.5"]
+    results = [reconstruct_item(i) for i in items[:2]]
+    with pytest.raises(InputError, match=r"local multiplier\(s\) \['x1.5'\] not reconstructed"):
+        batch.report_series(series, items, results, {"dag_id": "ct_denoise"})
+    results.append(reconstruct_item(items[2]))
+    summary = batch.report_series(series, items, results, {"dag_id": "ct_denoise", "run_id": "r"})
+    report = json.loads(storage.read_bytes(summary["report_json"]))
+    assert [o["multiplier"] for o in report["local"]["outputs"]] == [0.5, 1.5]
+    assert {o["status"] for o in report["local"]["outputs"]} == {"ok"} and report["local"]["tile"] == 8
+    assert [r["rank"] for r in report["ranks"]] == [2]
+    assert summary["local"] == [{"multiplier": 0.5, "output_url": items[1]["output_url"]},
+                                {"multiplier": 1.5, "output_url": items[2]["output_url"]}]  # fmt: skip
+    html = storage.read_bytes(summary["report_html"]).decode()
+    assert "Local low-rank tiles (local mode)" in html and "local x1.5" in html
+
+
+def test_local_only_run_needs_no_rank_rule_and_no_svd(tmp_path: Path) -> None:
+    series = series_for(tmp_path, {"modes": ["local"], "ranks": [], "drop_percents": [], "auto_rank": False})
+    assert series["svd_url"] is None
+    args = batch.dssvd_arguments({"series": series, "matrix": {"slices": 6}})
+    assert "--out" not in args and "--rank" not in args

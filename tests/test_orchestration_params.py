@@ -45,3 +45,19 @@ def test_every_param_has_a_schema_title_and_description() -> None:
     for name, (default, schema, title, description) in run_params.PARAM_SPECS.items():
         assert schema.get("type") and title and description, name
     assert set(run_params.RESULT_PARAMS) == set(run_params.PARAM_SPECS) - {"force"}
+
+
+def test_modes_and_local_parameters() -> None:
+    defaults = run_params.normalize({})
+    assert defaults["modes"] == ["global", "local"] and defaults["multipliers"] == [0.5, 1.0, 1.5]
+    local_only = run_params.normalize({"modes": ["local"], "ranks": [], "drop_percents": [], "auto_rank": False})
+    assert local_only["modes"] == ["local"]  # no rank rule needed without the global mode
+    with pytest.raises(ParameterError, match="no rank rule selected"):
+        run_params.normalize({"modes": ["global"], "drop_percents": [], "auto_rank": False})
+    with pytest.raises(ParameterError, match="stride must be between 1 and the tile size 8, got 12"):
+        run_params.normalize({"tile": 8, "stride": 12})
+    with pytest.raises(ParameterError, match="give one or both of global, local"):
+        run_params.normalize({"modes": ["tiles"]})
+    assert run_params.normalize({"modes": ["local", "global"], "multipliers": [1.5, 1]})["multipliers"] == [1.0, 1.5]
+    assert run_params.local_key(defaults).startswith(f"t{defaults['tile']}-s{defaults['stride']}-frobenius-m0.5_1_1.5-")
+    assert run_params.params_hash(defaults) != run_params.params_hash({**defaults, "multipliers": [1.0]})

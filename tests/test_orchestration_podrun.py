@@ -48,8 +48,8 @@ def test_reconstruct_result(tmp_path: Path) -> None:
     metrics = {"rank": 7, "retained_energy": 0.98}
     assert podrun.main(["reconstruct", "--task", json.dumps(item), "--xcom", str(xcom), "--", *fake_cli(metrics)]) == 0
     result = json.loads(xcom.read_text())
-    assert result == {"folder": "scan-a", "series_instance_uid": "1.2.3", "rank": 7, "label": "scan-a rank=7",
-                      "output_url": item["output_url"], "metrics": metrics}  # fmt: skip
+    assert result == {"folder": "scan-a", "series_instance_uid": "1.2.3", "mode": "global", "rank": 7, "multiplier": None,
+                      "label": "scan-a rank=7", "output_url": item["output_url"], "metrics": metrics}  # fmt: skip
 
 
 def test_runs_the_real_cli(tmp_path: Path) -> None:

@@ -176,3 +176,46 @@ def test_reads_and_publishes_on_s3(case: PhantomCase, s3_bucket: str) -> None:
     assert storage.is_published(dest)
     assert json.loads(storage.read_bytes(storage.join(dest, "metrics.json"))) == metrics
     assert storage.exists(storage.join(dest, "dicom", f"IM{SLICES:04d}.dcm"))
+
+
+@pytest.fixture(scope="module")
+def local_out(case: PhantomCase, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    from ctdenoise.local_lowrank import LocalParams, local_numpy
+
+    root = tmp_path_factory.mktemp("local")
+    local_url = local_numpy(case.matrix_url, str(root / "local.zarr"), LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0)))["local"]
+    dest = root / "local-x1"
+    metrics = reconstruct(case.matrix_url, local_url, str(dest), reference_url=case.truth_url, multiplier=1.0)
+    return dest, metrics, local_url
+
+
+def test_local_mode_writes_the_denoised_matrix_of_its_multiplier(case: PhantomCase, local_out: tuple[Path, dict, str]) -> None:
+    from ctdenoise.matrix_store import open_local
+
+    dest, metrics, local_url = local_out
+    assert sorted(p.name for p in dest.iterdir()) == ["_SUCCESS", "dicom", "metrics.json", "preview.png"]
+    assert metrics["mode"] == "local" and metrics["multiplier"] == 1.0 and metrics["mean_tile_rank"] > 0
+    group, _ = open_local(local_url)
+    expected = np.clip(group["D"][1], *HU_RANGE)
+    np.testing.assert_allclose(_volume(dest / "dicom"), expected, atol=0.51)  # integer storage
+    datasets = read_series(dest / "dicom")
+    assert datasets[0].SeriesDescription == "ctdenoise local x1" and int(datasets[0].SeriesNumber) % 1000 == 902
+    assert "Local low-rank" in datasets[0].DerivationDescription
+    assert metrics["psnr_db_denoised"] > metrics["psnr_db_input"] and metrics["ssim_denoised"] > metrics["ssim_input"]
+
+
+def test_local_mode_uids_differ_from_the_global_ranks(local_out: tuple[Path, dict, str], rank_out: tuple[Path, dict]) -> None:
+    assert local_out[1]["series_instance_uid"] != rank_out[1]["series_instance_uid"]
+
+
+def test_local_mode_refuses_a_multiplier_not_computed_and_rank_with_multiplier(
+    case: PhantomCase, local_out: tuple[Path, dict, str], tmp_path: Path
+) -> None:
+    local_url = local_out[2]
+    with pytest.raises(ParameterError, match=r"multiplier 1.5 was not computed \(the group holds \[0.5, 1.0\]\)"):
+        reconstruct(case.matrix_url, local_url, str(tmp_path / "x"), multiplier=1.5)
+    with pytest.raises(ParameterError, match="not both"):
+        reconstruct(case.matrix_url, local_url, str(tmp_path / "x"), 3, multiplier=1.0)
+    with pytest.raises(ParameterError, match="not neither"):
+        reconstruct(case.matrix_url, local_url, str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()

@@ -57,6 +57,14 @@ def cmd_svd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_local(args: argparse.Namespace) -> int:
+    from ctdenoise.local_lowrank import LocalParams, local_numpy
+
+    params = LocalParams(tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage, seed=args.seed)
+    _emit(local_numpy(args.matrix, args.out, params))
+    return 0
+
+
 def cmd_ranks(args: argparse.Namespace) -> int:
     from ctdenoise.matrix_store import read_svd
     from ctdenoise.ranks import select_ranks
@@ -77,7 +85,7 @@ def cmd_ranks(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ctdenoise.writer import reconstruct
 
-    _emit(reconstruct(args.matrix, args.svd, args.dst, rank=args.rank, reference_url=args.reference))
+    _emit(reconstruct(args.matrix, args.svd, args.dst, rank=args.rank, reference_url=args.reference, multiplier=args.multiplier))
     return 0
 
 
@@ -108,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_svd)
 
+    from ctdenoise.local_lowrank import LocalParams
+
+    defaults = LocalParams()
+    p = sub.add_parser("local", help="single-machine local low-rank denoising (Spark job: spark/dssvd.py --local-out)")
+    p.add_argument("matrix")
+    p.add_argument("out", help="where to publish the local low-rank group (Zarr URL)")
+    p.add_argument("--tile", type=int, default=defaults.tile, help="tile size (pixels)")
+    p.add_argument("--stride", type=int, default=defaults.stride, help="tile stride (pixels)")
+    p.add_argument("--multipliers", type=_floats, default=defaults.multipliers, help="threshold multipliers, e.g. 0.5,1,1.5")
+    p.add_argument("--shrinkage", choices=["frobenius", "hard"], default=defaults.shrinkage)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_local)
+
     p = sub.add_parser("ranks", help="ranks to reconstruct from an SVD's spectrum")
     p.add_argument("svd")
     p.add_argument("--ranks", type=_ranks, default=None, help="explicit ranks, e.g. 5,10,20")
@@ -115,11 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto", action=argparse.BooleanOptionalAction, default=True, help="Gavish-Donoho rank")
     p.set_defaults(func=cmd_ranks)
 
-    p = sub.add_parser("reconstruct", help="write the rank-r denoised DICOM series, preview and metrics")
+    p = sub.add_parser("reconstruct", help="write a denoised DICOM series (rank r, or local mode at a multiplier), preview and metrics")
     p.add_argument("matrix", help="series matrix (Zarr URL)")
-    p.add_argument("svd", help="SVD group (Zarr URL)")
-    p.add_argument("dst", help="output folder or URL (e.g. .../denoised/<uid>/rank-<r>)")
-    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("svd", help="SVD group (global mode) or local low-rank group (local mode) (Zarr URL)")
+    p.add_argument("dst", help="output folder or URL (e.g. .../denoised/<uid>/rank-<r> or .../local-x1)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--rank", type=int, help="global mode: the rank")
+    which.add_argument("--multiplier", type=float, help="local mode: the threshold multiplier")
     p.add_argument("--reference", help="matrix of a reference (e.g. full-dose) series for PSNR/SSIM")
     p.set_defaults(func=cmd_reconstruct)
     return parser

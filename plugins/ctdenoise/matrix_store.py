@@ -105,3 +105,43 @@ def read_svd(url: str, storage_options: Mapping[str, Any] | None = None) -> tupl
         return np.asarray(group["s"][...]), np.asarray(group["V"][...]), dict(group.attrs)
     except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:
         raise FileNotFoundError(f"{url}: no SVD group there (needs arrays 's' and 'V')") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Local low-rank group (written by ``spark/dssvd.py --local-out``; see ctdenoise.local_lowrank)
+#
+# A Zarr v3 group with ``D`` (multipliers, rows*columns, slices) float32, the denoised series
+# matrix for each threshold multiplier (chunked like the series matrix, one multiplier per
+# chunk), ``tile_ranks`` (multipliers, tile rows, tile columns) int16, the components each tile
+# kept, and ``tile_sigma`` (tile rows, tile columns) float32, the noise level (HU) estimated per
+# tile. Attributes: ``mode`` = "local", the parameters (``tile``, ``stride``, ``multipliers``,
+# ``shrinkage``, ...), ``tile_row_starts``/``tile_col_starts``, ``matrix_url``,
+# ``matrix_shape``, ``timings``, ``created_by``.
+
+
+def create_local_group(
+    target: Path,
+    shape: tuple[int, int],
+    multipliers: int,
+    tile_grid: tuple[int, int],
+    attrs: Mapping[str, Any],
+    row_chunk: int = ROW_CHUNK,
+):
+    """A new local group in a local staging folder ``target``; fill ``D`` band by band, then publish."""
+    m, n = shape
+    group = zarr.open_group(store=str(target), mode="w", zarr_format=3)
+    group.attrs.update(dict(attrs))
+    group.create_array("D", shape=(multipliers, m, n), chunks=(1, min(row_chunk, m), n), dtype="float32")
+    group.create_array("tile_ranks", shape=(multipliers, *tile_grid), dtype="int16", fill_value=0)
+    group.create_array("tile_sigma", shape=tile_grid, dtype="float32", fill_value=0.0)
+    return group
+
+
+def open_local(url: str, storage_options: Mapping[str, Any] | None = None):
+    """``(group, attrs)`` of a published local group (``D`` is read lazily, block by block)."""
+    try:
+        group = zarr.open_group(store=open_store(url, storage_options=storage_options), mode="r")
+        group["D"]  # noqa: B018 (fails now, not in the writer's loop, when it is missing)
+    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:
+        raise FileNotFoundError(f"{url}: no local low-rank group there (needs array 'D')") from exc
+    return group, dict(group.attrs)

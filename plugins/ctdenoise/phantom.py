@@ -270,16 +270,20 @@ def simulate_slice(
     """The low-dose FBP slice at ``z`` in HU (float32), and the noise-free phantom if asked.
 
     ``views`` projection angles over 180 degrees (default :func:`n_views`); ``index`` selects
-    the slice's random stream.
+    the slice's random stream. ``photons=math.inf`` gives the noise-free FBP (the full-dose
+    reference of the quality benchmark: same views and filter, no Poisson noise).
     """
     from skimage.transform import iradon
 
     shapes = anatomy(z)
     theta = np.linspace(0.0, 180.0, views or n_views(size), endpoint=False)
     line_integrals = project(shapes, size, theta)
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
-    counts = rng.poisson(photons * np.exp(-line_integrals))
-    noisy = -np.log(np.maximum(counts, 1) / photons)
+    if math.isinf(photons):  # the full-dose reference: FBP of noise-free projections
+        noisy = line_integrals
+    else:
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+        counts = rng.poisson(photons * np.exp(-line_integrals))
+        noisy = -np.log(np.maximum(counts, 1) / photons)
     mu_cm = iradon(noisy, theta=theta, circle=True, filter_name="ramp") / (pixel_spacing_mm(size) / 10.0)
     hu = (1000.0 * (mu_cm / MU_WATER - 1.0)).astype(np.float32)
     return hu, (rasterize(shapes, size) if truth else None)

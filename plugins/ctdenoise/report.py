@@ -294,9 +294,9 @@ def _rule_dicts(item: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _normalise_ranks(ranks: Sequence[Mapping[str, Any]]) -> list[RankEntry]:
+def _normalise_ranks(ranks: Sequence[Mapping[str, Any]], allow_empty: bool = False) -> list[RankEntry]:
     """Rank entries sorted by rank; a rank listed twice becomes one entry with both rules."""
-    if not ranks:
+    if not ranks and not allow_empty:
         raise ParameterError("write_report needs at least one rank entry (got an empty list)")
     merged: dict[int, RankEntry] = {}
     for item in ranks:
@@ -453,6 +453,37 @@ def _row_css(entry: RankEntry) -> str:
     return "auto" if entry.is_auto else ("failed" if not entry.ok else "")
 
 
+def local_middle_slices(group: Any, column: int) -> list[np.ndarray]:
+    """Column ``column`` of ``D[i]`` (the middle slice) for every multiplier of a local group."""
+    D = group["D"]
+    return [np.asarray(D[i, :, column], dtype=np.float64) for i in range(D.shape[0])]
+
+
+def local_maps_png(ranks: np.ndarray, sigma: np.ndarray, multipliers: Sequence[float]) -> bytes:
+    """Per-tile noise level (HU) and components kept at each multiplier, as maps over the slice."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = 1 + len(multipliers)
+    fig = Figure(figsize=(3.4 * panels, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    im = axes[0].imshow(sigma, cmap="magma", interpolation="nearest")
+    axes[0].set_title("noise σ per tile (HU)", fontsize=10)
+    fig.colorbar(im, ax=axes[0], shrink=0.8)
+    top = max(1, int(np.max(ranks)) if ranks.size else 1)
+    for ax, r, m in zip(axes[1:], ranks, multipliers, strict=True):
+        im = ax.imshow(r, cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
+        ax.set_title(f"components kept, x{float(m):g}", fontsize=10)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
 def write_report(
     *,
     matrix_url: str,
@@ -462,6 +493,8 @@ def write_report(
     run_info: dict,
     reference_url: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    local: list[dict] | None = None,
+    local_url: str | None = None,
 ) -> dict:
     """Write ``<series_url>/report.html`` then ``<series_url>/report.json``; return the summary.
 
@@ -483,17 +516,31 @@ def write_report(
     reference_url
         Optional reference matrix (e.g. the noise-free or full-dose series, same shape) whose
         middle slice is shown beside the original.
+    local, local_url
+        The local mode's outputs (one dict per multiplier: ``multiplier``, ``detail``,
+        ``output_url``, ``metrics``) and its group (``ctdenoise.matrix_store.open_local``):
+        their middle slices join the preview grid, their metrics the table, and the per-tile
+        noise and rank maps get a figure. ``svd_url`` may then be None (a local-only run: no
+        scree plot, no rank rows).
 
     Raises :class:`ParameterError` for an empty or malformed ``ranks`` list and
     :class:`InputError` when the matrix, the SVD and the reference do not fit together.
     """
     from ctdenoise import matrix_store
 
-    entries = _normalise_ranks(ranks)
+    local = list(local or [])
+    if local and not local_url:
+        raise ParameterError("write_report: local entries need the local group's local_url")
+    entries = _normalise_ranks(ranks, allow_empty=bool(local) or svd_url is None)
+    if not entries and not local:
+        raise ParameterError("write_report needs at least one rank or local entry")
     matrix = matrix_store.open_matrix(matrix_url, storage_options=storage_options)
     attrs = dict(matrix.attrs)
-    s, V, svd_attrs = matrix_store.read_svd(svd_url, storage_options=storage_options)
     m, n = matrix.shape
+    if svd_url is not None:
+        s, V, svd_attrs = matrix_store.read_svd(svd_url, storage_options=storage_options)
+    else:
+        s, V, svd_attrs = np.zeros(0), np.zeros((n, 0)), {}
     rows, columns = int(attrs.get("rows", 0)), int(attrs.get("columns", 0))
     if rows * columns != m:
         raise InputError(f"{matrix_url}: attributes rows={rows} x columns={columns} do not match {m} voxel rows")
@@ -531,6 +578,54 @@ def write_report(
                  "css": _row_css(entry),
                  "tiles": _tiles(recon[entry.rank], original - recon[entry.rank], shape)}
             )
+
+    local_rows, local_metric_rows, local_summary, local_maps = [], [], [], None
+    if local:
+        from ctdenoise.local_params import multiplier_label
+
+        group, local_attrs = matrix_store.open_local(local_url, storage_options)
+        multipliers = [float(x) for x in local_attrs.get("multipliers") or []]
+        columns_local = local_middle_slices(group, column)
+        local_maps = png_data_uri(
+            local_maps_png(np.asarray(group["tile_ranks"][...]), np.asarray(group["tile_sigma"][...]), multipliers)
+        )
+        for item in sorted(local, key=lambda x: float(x["multiplier"])):
+            mult = float(item["multiplier"])
+            label = f"Local {multiplier_label(mult)}"
+            mt = dict(item.get("metrics") or {})
+            ok = item.get("metrics") is not None
+            css = "auto" if mult == 1.0 else ("failed" if not ok else "")
+            note = f"local low-rank, {mult:g} × optimal threshold" + (f", {mt['mean_tile_rank']:.2f} components per tile" if mt.get("mean_tile_rank") is not None else "")
+            if mult in multipliers:
+                col = columns_local[multipliers.index(mult)]
+                local_rows.append({"label": label, "note": note, "css": css, "tiles": _tiles(col, original - col, shape)})
+            local_metric_rows.append(
+                {
+                    "rank": label.lower(),
+                    "rules": note,
+                    "status": "ok" if ok else "failed",
+                    "css": css,
+                    "energy": _percent(mt.get("retained_energy")),
+                    "noise": _before_after(mt, "noise_std_hu", 3) if ok else "—",
+                    "psnr": _before_after(mt, "psnr_db", 4) if ok else "—",
+                    "ssim": _before_after(mt, "ssim", 4) if ok else "—",
+                    "seconds": _seconds(mt.get("seconds")),
+                    "output": _relative(item.get("output_url"), series_url),
+                    "output_url": item.get("output_url") or "",
+                }
+            )
+            local_summary.append({"multiplier": mult, "status": "ok" if ok else "failed", "output_url": item.get("output_url"),
+                                  "detail": item.get("detail"), "metrics": item.get("metrics")})  # fmt: skip
+        preview_rows += local_rows
+        local_info = {
+            "local_url": local_url,
+            **{key: local_attrs.get(key) for key in ("tile", "stride", "shrinkage", "weights", "max_rank", "oversample", "power_iters", "seed", "multipliers")},
+            "summary": local_attrs.get("summary"),
+            "timings": local_attrs.get("timings"),
+            "outputs": local_summary,
+        }
+    else:
+        local_attrs, local_info = {}, None
 
     failed = [e.rank for e in entries if not e.ok]
     timings = dict(svd_attrs.get("timings") or {})
@@ -588,6 +683,7 @@ def write_report(
                 for e in entries
             ],
             "failed_ranks": failed,
+            "local": local_info,
             "report_html": storage.join(series_url, REPORT_HTML),
         }
     )
@@ -611,6 +707,7 @@ def write_report(
             }
         )
 
+    metric_rows += local_metric_rows
     gd = auto.auto_rule if auto is not None else {}
     context = {
         "series_uid": series_uid,
@@ -619,12 +716,16 @@ def write_report(
         "run_id": _plain(run_info.get("run_id") or "—"),
         "facts": [
             ("Image size", f"{rows} × {columns} px, {n} slices"),
-            ("SVD", f"{svd_attrs.get('method', '?')}, k = {k}"),
+            ("SVD", f"{svd_attrs.get('method', '?')}, k = {k}" if svd_url else "not run (local mode only)"),
             ("Gavish–Donoho rank", "—" if auto is None else str(auto.rank)),
-            ("Ranks", ", ".join(str(e.rank) for e in entries)),
+            ("Ranks", ", ".join(str(e.rank) for e in entries) or "—"),
+            ("Local mode", "not run" if not local else
+             f"tiles {local_attrs.get('tile')} px every {local_attrs.get('stride')} px, {local_attrs.get('shrinkage')} shrinkage, "
+             f"multipliers {', '.join(f'{float(x):g}' for x in local_attrs.get('multipliers') or [])}"),
             ("Failed ranks", ", ".join(map(str, failed)) or "none"),
         ],
-        "scree": png_data_uri(scree_png(s, entries, frobenius, threshold)),
+        "scree": png_data_uri(scree_png(s, entries, frobenius, threshold)) if svd_url else None,
+        "local_maps": local_maps,
         "threshold": None if threshold is None else f"{threshold:.6g}",
         "gd_noise": _plain(gd.get("noise")) if gd.get("noise") else None,
         "gd_note": _plain(gd.get("note")) if gd.get("note") else None,
@@ -643,7 +744,9 @@ def write_report(
             ("Study UID", _plain(attrs.get("study_instance_uid") or "—")),
             ("Source DICOM", _plain(run_info.get("source_url") or "—")),
             ("Series matrix", matrix_url),
-            ("SVD group", svd_url),
+            ("SVD group", svd_url or "—"),
+            ("Local low-rank group", local_url or "—"),
+            ("Local timings", ", ".join(f"{key} {_seconds(v)}" for key, v in sorted((local_attrs.get("timings") or {}).items())) or "—"),
             ("Reference", reference_url or "—"),
             ("DAG", _plain(run_info.get("dag_id") or "—")),
             ("Run id", _plain(run_info.get("run_id") or "—")),

@@ -20,7 +20,9 @@ from ctdenoise.errors import ParameterError
 #: ``CTDENOISE_SPARK_TEMPLATE`` overrides it (e.g. in an image that installs the package elsewhere).
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "spark" / "sparkapplication.yaml"
 
-REQUIRED = ("name", "matrix_url", "out_url", "rank")
+REQUIRED = ("name", "matrix_url")
+#: Global mode needs ``out_url`` and ``rank``, local mode ``local_out_url``; at least one mode.
+MODE_KEYS = {"global": ("out_url", "rank"), "local": ("local_out_url",)}
 
 DEFAULTS: dict[str, Any] = {
     "namespace": "default",
@@ -35,6 +37,13 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "method": "auto",
     "with_u": False,
+    "out_url": None,
+    "rank": None,
+    "local_out_url": None,
+    "tile": 16,
+    "stride": 8,
+    "multipliers": [0.5, 1.0, 1.5],
+    "shrinkage": "frobenius",
     "driver_cores": 1,
     "driver_memory": "2g",
     "executor_cores": 2,
@@ -62,6 +71,11 @@ def spark_application_values(values: Mapping[str, Any]) -> dict[str, Any]:
     """``DEFAULTS`` updated with ``values``, checked (required keys, name, method, sizes)."""
     merged = {**DEFAULTS, **dict(values)}
     missing = [key for key in REQUIRED if merged.get(key) in (None, "")]
+    modes = [mode for mode, keys in MODE_KEYS.items() if any(merged.get(k) not in (None, "") for k in keys)]
+    for mode in modes:
+        missing += [key for key in MODE_KEYS[mode] if merged.get(key) in (None, "")]
+    if not modes:
+        missing.append("out_url and rank (global mode) or local_out_url (local mode)")
     if missing:
         raise ParameterError(f"SparkApplication values: missing {', '.join(missing)}")
     unknown = sorted(set(merged) - set(DEFAULTS) - set(REQUIRED))

@@ -1,4 +1,11 @@
-"""``ctdenoise reconstruct``: the rank-r denoised series A V_r V_r^T as a derived DICOM series.
+"""``ctdenoise reconstruct``: a denoised series as a derived DICOM series, in either mode.
+
+- global mode: the rank-r series A V_r V_r^T from the SVD group (``s``, ``V``);
+- local mode: the denoised matrix ``D`` of one threshold multiplier from the local low-rank
+  group (``ctdenoise.local_lowrank``), already computed by the Spark job.
+
+Both share everything else here (reading, metrics, DICOM writing, preview, publication); a
+:class:`Denoised` source says where the denoised blocks come from and how the series is named.
 
 Inputs are the series matrix A (voxels x slices, HU) and its SVD group (``s``, ``V``); see
 docs/architecture.md. Projecting every voxel's slice profile onto the first ``r`` right
@@ -124,14 +131,15 @@ def _sample_columns(n: int) -> list[int]:
     return sorted(picks)
 
 
-def _series_number(template: Any, rank: int) -> int:
-    """The source's SeriesNumber followed by the rank (3 -> 3020 for rank 20), within IS range."""
+def _series_number(template: Any, denoised: "Denoised") -> int:
+    """The source's SeriesNumber followed by the rank (3 -> 3020 for rank 20; local mode 3901,
+    3902, ... per multiplier), within IS range."""
     try:
         base = int(template.get("SeriesNumber") or 0)
     except (TypeError, ValueError):
         base = 0
-    number = base * 1000 + rank
-    return number if 0 < number < 2**31 else rank
+    number = denoised.series_number(base)
+    return number if 0 < number < 2**31 else denoised.series_number(0)
 
 
 def derived_series_uid(source_series_uid: str, rank: int, svd_attrs: Mapping[str, Any], k: int) -> str:
@@ -150,7 +158,7 @@ def derived_series_uid(source_series_uid: str, rank: int, svd_attrs: Mapping[str
     )
 
 
-def _derived_template(source: SourceSeries, series_uid: str, rank: int, k: int, svd_attrs: Mapping[str, Any]):
+def _derived_template(source: SourceSeries, denoised: "Denoised"):
     """The series-level header of the derived series, from the source's header template."""
     from pydicom.dataset import Dataset
 
@@ -174,15 +182,11 @@ def _derived_template(source: SourceSeries, series_uid: str, rank: int, k: int, 
 
         template.FrameOfReferenceUID = derive_uid("ctdenoise-frame-of-reference-of", source.series_instance_uid)
     template.Modality = "CT"
-    template.SeriesInstanceUID = series_uid
-    template.SeriesNumber = _series_number(template, rank)
-    template.SeriesDescription = f"ctdenoise SVD rank {rank}"
+    template.SeriesInstanceUID = denoised.series_uid
+    template.SeriesNumber = _series_number(template, denoised)
+    template.SeriesDescription = f"ctdenoise {'SVD ' if denoised.mode == 'global' else ''}{denoised.label}"[:64]
     template.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-    method = svd_attrs.get("method", "unknown")
-    template.DerivationDescription = (
-        f"Truncated SVD across slices: A V_r V_r^T with rank {rank} of k={k} "
-        f"({method} SVD, seed {svd_attrs.get('seed')}); ctdenoise {__version__}"
-    )[:1024]
+    template.DerivationDescription = denoised.derivation()[:1024]
     if "WindowCenter" not in template or "WindowWidth" not in template:
         template.WindowCenter, template.WindowWidth = "40", "400"
     return template
@@ -236,32 +240,159 @@ def _instance_references(ds: Any, source: SourceSeries, j: int) -> None:
     ds.ReferencedSeriesSequence = [series_item]
 
 
+class Denoised:
+    """Where the denoised blocks of one output come from, and what the output is called."""
+
+    mode: str
+    label: str  # "rank 20", "local x1"
+    series_uid: str
+
+    def block(self, start: int, stop: int, A_block: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def metrics(self, frobenius2: float, denoised2: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def series_number(self, base: int) -> int:
+        raise NotImplementedError
+
+    def derivation(self) -> str:
+        raise NotImplementedError
+
+
+class GlobalRank(Denoised):
+    """``A V_r V_r^T``: the rank-r truncation of the whole-series SVD."""
+
+    mode = "global"
+
+    def __init__(self, source: SourceSeries, svd_url: str, rank: Any, storage_options: Mapping[str, Any] | None):
+        s, V, self.attrs = matrix_store.read_svd(svd_url, storage_options)
+        self.s, self.k = s, int(s.shape[0])
+        self.rank = _validate_rank(rank, self.k, svd_url)
+        if V.shape != (source.slices, self.k):
+            raise InputError(
+                f"{svd_url}: V has shape {V.shape} but the matrix {source.url} has {source.slices} slices "
+                f"and s has {self.k} values (expected V of shape ({source.slices}, {self.k}))"
+            )
+        self.Vr = np.asarray(V[:, : self.rank], dtype=np.float64)
+        self.label = f"rank {self.rank}"
+        self.series_uid = derived_series_uid(source.series_instance_uid, self.rank, self.attrs, self.k)
+
+    def block(self, start: int, stop: int, A_block: np.ndarray) -> np.ndarray:
+        return (A_block @ self.Vr) @ self.Vr.T
+
+    def metrics(self, frobenius2: float, denoised2: float) -> dict[str, Any]:
+        from ctdenoise.metrics import finite_or_none
+
+        energy = float(np.sum(self.s[: self.rank] ** 2)) / frobenius2 if frobenius2 > 0 else math.nan
+        return {"mode": "global", "rank": self.rank, "k": self.k, "retained_energy": finite_or_none(energy),
+                "svd_method": self.attrs.get("method")}  # fmt: skip
+
+    def series_number(self, base: int) -> int:
+        return base * 1000 + self.rank
+
+    def derivation(self) -> str:
+        return (
+            f"Truncated SVD across slices: A V_r V_r^T with rank {self.rank} of k={self.k} "
+            f"({self.attrs.get('method', 'unknown')} SVD, seed {self.attrs.get('seed')}); ctdenoise {__version__}"
+        )
+
+
+class LocalMultiplier(Denoised):
+    """The local low-rank estimate at one threshold multiplier (``D[i]`` of the local group)."""
+
+    mode = "local"
+
+    def __init__(self, source: SourceSeries, local_url: str, multiplier: Any, storage_options: Mapping[str, Any] | None):
+        from ctdenoise.local_lowrank import multiplier_label
+
+        group, self.attrs = matrix_store.open_local(local_url, storage_options)
+        multipliers = [float(x) for x in self.attrs.get("multipliers") or []]
+        try:
+            value = float(multiplier)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{local_url}: multiplier must be a number, got {multiplier!r}") from None
+        matches = [i for i, x in enumerate(multipliers) if math.isclose(x, value, rel_tol=1e-9)]
+        if not matches:
+            raise ParameterError(f"{local_url}: multiplier {value:g} was not computed (the group holds {multipliers})")
+        self.index, self.multiplier = matches[0], value
+        self.D = group["D"]
+        expected = (len(multipliers), source.rows * source.columns, source.slices)
+        if tuple(self.D.shape) != expected:
+            raise InputError(f"{local_url}: D has shape {tuple(self.D.shape)}, expected {expected} for {source.url}")
+        ranks = np.asarray(group["tile_ranks"][self.index], dtype=np.float64)
+        self.mean_rank = float(ranks.mean()) if ranks.size else math.nan
+        self.label = f"local {multiplier_label(value)}"
+        from ctdenoise.uids import derive_uid
+
+        self.series_uid = derive_uid(
+            "ctdenoise-local-derived",
+            source.series_instance_uid,
+            f"multiplier={value:g}",
+            *(f"{key}={self.attrs.get(key)}" for key in ("tile", "stride", "shrinkage", "weights", "max_rank", "oversample", "power_iters", "seed")),
+        )
+
+    def block(self, start: int, stop: int, A_block: np.ndarray) -> np.ndarray:
+        return np.asarray(self.D[self.index, start:stop, :], dtype=np.float64)
+
+    def metrics(self, frobenius2: float, denoised2: float) -> dict[str, Any]:
+        from ctdenoise.metrics import finite_or_none
+
+        return {
+            "mode": "local",
+            "multiplier": self.multiplier,
+            "mean_tile_rank": finite_or_none(self.mean_rank),
+            "retained_energy": finite_or_none(denoised2 / frobenius2 if frobenius2 > 0 else math.nan),
+            "tile": self.attrs.get("tile"),
+            "stride": self.attrs.get("stride"),
+            "shrinkage": self.attrs.get("shrinkage"),
+        }
+
+    def series_number(self, base: int) -> int:
+        return base * 1000 + 900 + self.index + 1
+
+    def derivation(self) -> str:
+        a = self.attrs
+        return (
+            f"Local low-rank: {a.get('tile')}x{a.get('tile')}-pixel tiles through all slices every {a.get('stride')} "
+            f"pixels, {a.get('shrinkage')} shrinkage at {self.multiplier:g} x the optimal threshold, overlaps "
+            f"averaged; ctdenoise {__version__}"
+        )
+
+
 def reconstruct(
     matrix_url: str,
     svd_url: str,
     dest_url: str,
-    rank: int,
+    rank: int | None = None,
     reference_url: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    multiplier: float | None = None,
 ) -> dict[str, Any]:
-    """Write the rank-``rank`` denoised series, its preview and metrics to ``dest_url``.
+    """Write one denoised series, its preview and metrics to ``dest_url``.
+
+    Global mode: ``svd_url`` is the SVD group and ``rank`` the rank. Local mode: ``svd_url`` is
+    the local low-rank group and ``multiplier`` the threshold multiplier (``rank`` is None).
 
     Returns the metrics (also written as ``metrics.json``):
 
-    - ``rank``, ``k`` (components in the SVD), ``n_slices``, ``rows``, ``columns``;
-    - ``retained_energy``: sum of the first ``rank`` squared singular values over ||A||_F^2
-      (||A||_F computed from the matrix blocks);
+    - ``mode``; global: ``rank``, ``k`` (components in the SVD), ``svd_method``; local:
+      ``multiplier``, ``mean_tile_rank`` (components kept per tile, on average), ``tile``,
+      ``stride``, ``shrinkage``; both: ``n_slices``, ``rows``, ``columns``;
+    - ``retained_energy``: the denoised series' share of ||A||_F^2 (global: the first ``rank``
+      squared singular values; local: ||D||_F^2), with ||A||_F from the matrix blocks;
     - ``noise_std_hu_input``, ``noise_std_hu_denoised``: noise estimate of the middle slice
       (:func:`ctdenoise.metrics.noise_std_hu`);
     - with ``reference_url`` (e.g. the ground truth or a full-dose series, same geometry):
       ``psnr_db_input``/``psnr_db_denoised`` over the whole volume and ``ssim_input``/
       ``ssim_denoised`` (mean over ``ssim_slices``), both in the -1000..1000 HU window
       (:mod:`ctdenoise.metrics`), so the gain is visible; otherwise these are absent;
-    - ``series_instance_uid`` (output), ``source_series_instance_uid``, ``svd_method``,
-      ``status``, ``dest``, ``seconds``.
+    - ``series_instance_uid`` (output), ``source_series_instance_uid``, ``status``, ``dest``,
+      ``seconds``.
 
-    Raises :class:`ParameterError` for a rank outside 1..k and :class:`InputError` when the
-    matrix, the SVD and the reference do not fit together.
+    Raises :class:`ParameterError` for a rank outside 1..k or a multiplier not computed, and
+    :class:`InputError` when the matrix, the decomposition and the reference do not fit together.
     """
     from ctdenoise import dicom_out
     from ctdenoise.metrics import SquaredErrorSum, finite_or_none, noise_std_hu, ssim
@@ -271,14 +402,12 @@ def reconstruct(
     started = time.perf_counter()
     matrix = matrix_store.open_matrix(matrix_url, storage_options)
     source = SourceSeries.from_matrix(matrix_url, matrix.shape, dict(matrix.attrs))
-    s, V, svd_attrs = matrix_store.read_svd(svd_url, storage_options)
-    k = int(s.shape[0])
-    rank = _validate_rank(rank, k, svd_url)
-    if V.shape != (source.slices, k):
-        raise InputError(
-            f"{svd_url}: V has shape {V.shape} but the matrix {matrix_url} has {source.slices} slices "
-            f"and s has {k} values (expected V of shape ({source.slices}, {k}))"
-        )
+    if (rank is None) == (multiplier is None):
+        raise ParameterError(f"{svd_url}: give a rank (global mode) or a multiplier (local mode), not {'both' if rank is not None else 'neither'}")
+    if multiplier is None:
+        denoised: Denoised = GlobalRank(source, svd_url, rank, storage_options)
+    else:
+        denoised = LocalMultiplier(source, svd_url, multiplier, storage_options)
     reference = None
     if reference_url:
         reference = matrix_store.open_matrix(reference_url, storage_options)
@@ -296,13 +425,12 @@ def reconstruct(
         attrs.get("pixel_representation"),
     )
     m, n = matrix.shape
-    Vr = np.asarray(V[:, :rank], dtype=np.float64)
     samples = _sample_columns(n)
     middle = samples.index(n // 2)
     stored = np.empty((n, m), dtype=fmt.dtype)  # slice-major: each slice contiguous
     input_samples = np.empty((len(samples), m), dtype=np.float32)
     reference_samples = np.empty((len(samples), m), dtype=np.float32) if reference is not None else None
-    frobenius2 = 0.0
+    frobenius2 = denoised2 = 0.0
     error_input, error_denoised = SquaredErrorSum(), SquaredErrorSum()
 
     step = int(matrix.chunks[0]) or m
@@ -312,7 +440,9 @@ def reconstruct(
         if not np.isfinite(block).all():
             raise InputError(f"{matrix_url}: non-finite values in rows {start}..{stop - 1}")
         frobenius2 += float(np.sum(block * block))
-        block_stored = dicom_out.hu_to_stored((block @ Vr) @ Vr.T, fmt)
+        result = denoised.block(start, stop, block)
+        denoised2 += float(np.sum(result * result))
+        block_stored = dicom_out.hu_to_stored(result, fmt)
         stored[:, start:stop] = block_stored.T
         input_samples[:, start:stop] = block[:, samples].T
         if reference is not None:
@@ -320,26 +450,22 @@ def reconstruct(
             error_input.add(block, ref_block)
             error_denoised.add(dicom_out.stored_to_hu(block_stored, fmt), ref_block)
             reference_samples[:, start:stop] = ref_block[:, samples].T
-        del block, block_stored
+        del block, block_stored, result
 
     shape2d = (source.rows, source.columns)
     denoised_samples = dicom_out.stored_to_hu(stored[samples], fmt).reshape(len(samples), *shape2d)
     input_samples_2d = input_samples.reshape(len(samples), *shape2d)
-    series_uid = derived_series_uid(source.series_instance_uid, rank, svd_attrs, k)
     metrics: dict[str, Any] = {
         "status": "written",
         "dest": dest_url,
-        "rank": rank,
-        "k": k,
+        **denoised.metrics(frobenius2, denoised2),
         "n_slices": n,
         "rows": source.rows,
         "columns": source.columns,
-        "retained_energy": finite_or_none(float(np.sum(s[:rank] ** 2)) / frobenius2 if frobenius2 > 0 else math.nan),
         "noise_std_hu_input": finite_or_none(noise_std_hu(input_samples_2d[middle])),
         "noise_std_hu_denoised": finite_or_none(noise_std_hu(denoised_samples[middle])),
-        "series_instance_uid": str(series_uid),
+        "series_instance_uid": str(denoised.series_uid),
         "source_series_instance_uid": source.series_instance_uid,
-        "svd_method": svd_attrs.get("method"),
     }
     if reference is not None:
         ref_2d = reference_samples.reshape(len(samples), *shape2d)
@@ -354,26 +480,27 @@ def reconstruct(
             }
         )
 
-    template = _derived_template(source, series_uid, rank, k, svd_attrs)
+    template = _derived_template(source, denoised)
     width = max(4, len(str(n)))
     with storage.staging_dir("ctdenoise-reconstruct-") as staged:
         staged = Path(staged)
         for j in range(n):
-            uid = derive_uid(series_uid, "instance", source.sop_instance_uids[j])
+            uid = derive_uid(denoised.series_uid, "instance", source.sop_instance_uids[j])
             ds = dicom_out.build_ct_dataset(template, stored[j].reshape(shape2d), _geometry(source, j), uid, fmt)
             _instance_references(ds, source, j)
             dicom_out.save(ds, staged / "dicom" / dicom_out.instance_file_name(j, width))
         spacing = attrs.get("pixel_spacing")
+        of_k = f" of {denoised.k}" if isinstance(denoised, GlobalRank) else ""
         write_preview(
             staged / "preview.png",
             input_samples_2d[middle],
             denoised_samples[middle],
-            title=f"series ...{source.series_instance_uid[-12:]}  slice {n // 2 + 1}/{n}  rank {rank} of {k}",
-            labels=("input", f"denoised (rank {rank})", "input - denoised"),
+            title=f"series ...{source.series_instance_uid[-12:]}  slice {n // 2 + 1}/{n}  {denoised.label}{of_k}",
+            labels=("input", f"denoised ({denoised.label})", "input - denoised"),
             pixel_spacing=spacing,
         )
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         (staged / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         storage.publish_dir(staged, dest_url, storage_options)
-    log.info("rank %d of %s -> %s (%.1f s)", rank, source.series_instance_uid, dest_url, metrics["seconds"])
+    log.info("%s of %s -> %s (%.1f s)", denoised.label, source.series_instance_uid, dest_url, metrics["seconds"])
     return metrics

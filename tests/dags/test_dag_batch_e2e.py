@@ -53,7 +53,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
 D1, D2, D_EMPTY = "2026-11-20", "2026-11-21", "2026-11-22"
 SIZE, SLICES = 48, 10
-CONF = {"ranks": [2, 5], "drop_percents": [], "auto_rank": True}  # two explicit ranks + Gavish-Donoho
+# Global mode: two explicit ranks + Gavish-Donoho; local mode at the optimal threshold only.
+CONF = {"ranks": [2, 5], "drop_percents": [], "auto_rank": True, "multipliers": [1.0]}
+LOCAL_OUTPUT = "local-x1"
 SETTLE_SECONDS = 8  # run 1 only; gaps between slices of the slow upload stay well below it
 POKE_SECONDS = 2
 UPLOAD_INTERVAL_SECONDS = 1.0
@@ -401,14 +403,21 @@ def test_two_series_are_published_at_every_planned_rank(run_d1: FirstRun, stack:
         assert [r["rank"] for r in report["ranks"]] == list(planned)
         assert {r["status"] for r in report["ranks"]} == {"ok"} and report["failed_ranks"] == []
         assert stack.fs.exists(stack.key("denoised", series.uid, "report.html"))
+        assert run.state("reconstruct", f"{folder} local x1") == "success", run.summary()
+        assert [o["multiplier"] for o in report["local"]["outputs"]] == [1.0]
+        assert report["local"]["outputs"][0]["status"] == "ok" and report["local"]["tile"] == report["params"]["tile"]
 
         source = _source_headers(series)
         first = next(iter(source.values()))
-        for rank in planned:
-            out = ("denoised", series.uid, f"rank-{rank}")
+        for rank in [*planned, None]:
+            out = ("denoised", series.uid, f"rank-{rank}" if rank is not None else LOCAL_OUTPUT)
             assert stack.fs.exists(stack.key(*out, "_SUCCESS")) and stack.fs.exists(stack.key(*out, "preview.png"))
             metrics = stack.read_json(*out, "metrics.json")
-            assert metrics["rank"] == rank and metrics["source_series_instance_uid"] == series.uid
+            if rank is None:
+                assert metrics["mode"] == "local" and metrics["multiplier"] == 1.0
+            else:
+                assert metrics["mode"] == "global" and metrics["rank"] == rank
+            assert metrics["source_series_instance_uid"] == series.uid
             files = sorted(stack.fs.glob(stack.key(*out, "dicom", "*.dcm")))
             assert len(files) == SLICES, files
             blobs = stack.fs.cat(files)
@@ -608,7 +617,9 @@ def forced_d2(rerun_d1: Snapshots, stack: Stack, sources: dict[str, Series]) -> 
 
 
 #: report.json fields that describe the run rather than the result: expected to change.
-RUN_SPECIFIC = ("run.run_id", "params.force", "svd.timings", "ranks.*.metrics.seconds")
+RUN_SPECIFIC = (
+    "run.run_id", "params.force", "svd.timings", "ranks.*.metrics.seconds", "local.timings", "local.outputs.*.metrics.seconds",
+)  # fmt: skip
 
 
 def _without(data: Any, path: str) -> None:
@@ -636,7 +647,7 @@ def test_force_redoes_and_reproduces_identically(
     mine = sorted(k for k in forced_d2.before if k.startswith(prefix))
     assert sorted(k for k in forced_d2.after if k.startswith(prefix)) == mine
     dicoms = [k for k in mine if k.endswith(".dcm")]
-    assert len(dicoms) == SLICES * len(run.ranks(OTHER_DAY))
+    assert len(dicoms) == SLICES * (len(run.ranks(OTHER_DAY)) + 1), "every rank and the local output"
     for key in dicoms:
         (etag0, modified0), (etag1, modified1) = forced_d2.before[key], forced_d2.after[key]
         assert modified1 > modified0, f"{key} was not rewritten"

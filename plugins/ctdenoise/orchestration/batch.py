@@ -178,9 +178,15 @@ def series_record(
     params_hash: str,
     svd_key: str,
     files: int,
+    local_key: str | None = None,
 ) -> dict[str, Any]:
-    """The dict that travels through the run for one series (XCom, pod arguments)."""
+    """The dict that travels through the run for one series (XCom, pod arguments).
+
+    ``svd_url`` is the global mode's SVD group, ``local_url`` the local mode's group (None when
+    the run's ``modes`` leave that mode out).
+    """
     folder_work = storage.join(work_url, folder)
+    modes = list(params.get("modes") or ["global"])
     return {
         "folder": folder,
         "label": folder,
@@ -190,7 +196,8 @@ def series_record(
         "series_instance_uid": series_uid,
         "matrix_dir": storage.join(folder_work, MATRIX_DIR),
         "matrix_url": storage.join(folder_work, MATRIX_DIR, f"{series_uid}.zarr"),
-        "svd_url": storage.join(folder_work, f"svd-{svd_key}.zarr"),
+        "svd_url": storage.join(folder_work, f"svd-{svd_key}.zarr") if "global" in modes else None,
+        "local_url": storage.join(folder_work, f"local-{local_key}.zarr") if "local" in modes and local_key else None,
         "series_url": storage.join(denoised_url, series_uid),
         "params": dict(params),
         "params_hash": params_hash,
@@ -253,6 +260,7 @@ def discover(
     params: Mapping[str, Any],
     params_hash: str,
     svd_key: str,
+    local_key: str | None = None,
     settle_seconds: float = 0.0,
     storage_options: Mapping[str, Any] | None = None,
     now: datetime | None = None,
@@ -298,6 +306,7 @@ def discover(
             params=params,
             params_hash=params_hash,
             svd_key=svd_key,
+            local_key=local_key,
             files=len(files),
         )
         if not params.get("force"):
@@ -347,18 +356,38 @@ def effective_svd_rank(converted: Mapping[str, Any]) -> int:
 
 
 def dssvd_arguments(converted: Mapping[str, Any]) -> list[str]:
-    """Arguments of ``spark/dssvd.py`` for one converted series (both runtimes)."""
+    """Arguments of ``spark/dssvd.py`` for one converted series (the local runtime's spark-submit;
+    the SparkApplication of the kubernetes runtime renders the same from :func:`dssvd_values`)."""
+    v = dssvd_values(converted)
+    args = ["--matrix", v["matrix_url"]]
+    if v["out_url"]:
+        args += ["--out", v["out_url"], "--rank", str(v["rank"])]
+    if v["local_out_url"]:
+        args += ["--local-out", v["local_out_url"], "--tile", str(v["tile"]), "--stride", str(v["stride"]),
+                 "--multipliers", ",".join(f"{m:g}" for m in v["multipliers"]), "--shrinkage", v["shrinkage"]]  # fmt: skip
+    args += ["--oversample", str(v["oversample"]), "--power-iters", str(v["power_iters"]),
+             "--seed", str(v["seed"]), "--method", v["method"]]  # fmt: skip
+    return args
+
+
+def dssvd_values(converted: Mapping[str, Any]) -> dict[str, Any]:
+    """What the dssvd job of one converted series computes: which outputs, with which parameters."""
     series = converted["series"]
     p = series["params"]
-    return [
-        "--matrix", series["matrix_url"],
-        "--out", series["svd_url"],
-        "--rank", str(effective_svd_rank(converted)),
-        "--oversample", str(p["oversample"]),
-        "--power-iters", str(p["power_iters"]),
-        "--seed", str(p["seed"]),
-        "--method", SVD_METHOD,
-    ]  # fmt: skip
+    return {
+        "matrix_url": series["matrix_url"],
+        "out_url": series.get("svd_url"),
+        "rank": effective_svd_rank(converted) if series.get("svd_url") else None,
+        "local_out_url": series.get("local_url"),
+        "tile": p.get("tile"),
+        "stride": p.get("stride"),
+        "multipliers": [float(m) for m in p.get("multipliers") or []],
+        "shrinkage": p.get("shrinkage"),
+        "oversample": p["oversample"],
+        "power_iters": p["power_iters"],
+        "seed": p["seed"],
+        "method": SVD_METHOD,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,10 +420,53 @@ def _choice_dict(choice: Any) -> dict[str, Any]:
 
 
 def plan_series(converted: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The (series, rank) items of one converted series, from its SVD spectrum and the params.
+    """The reconstruct items of one converted series: (series, rank) for the global mode, from
+    its SVD spectrum and the params, then (series, multiplier) for the local mode.
 
-    Raises :class:`InputError` if the series has no usable SVD (dssvd failed or left a stale one).
+    Raises :class:`InputError` if the series has no usable SVD or local group (dssvd failed or
+    left a stale one).
     """
+    series = converted["series"]
+    items: list[dict[str, Any]] = []
+    if series.get("svd_url"):
+        items += _plan_global(converted, storage_options)
+    if series.get("local_url"):
+        items += _plan_local(converted, storage_options)
+    return items
+
+
+def _plan_local(converted: Mapping[str, Any], storage_options: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """One item per threshold multiplier of the local group (each a reconstruct task)."""
+    from ctdenoise.local_params import multiplier_label
+    from ctdenoise.matrix_store import open_local
+
+    series = converted["series"]
+    folder, url = series["folder"], series["local_url"]
+    if not storage.is_published(url, storage_options):
+        raise InputError(f"series folder {folder}: no local low-rank group at {url} (dssvd failed?)")
+    _, attrs = open_local(url, storage_options)
+    if attrs.get("matrix_url") not in (None, series["matrix_url"]):
+        raise InputError(f"{url}: computed from {attrs.get('matrix_url')}, not {series['matrix_url']} (stale)")
+    summary = (attrs.get("summary") or {}).get("multipliers") or {}
+    return [
+        {
+            "series": dict(series),
+            "mode": "local",
+            "rank": None,
+            "multiplier": float(m),
+            "rules": ["local"],
+            "detail": {"multiplier": float(m), **{k: attrs.get(k) for k in ("tile", "stride", "shrinkage")},
+                       **(summary.get(multiplier_label(m)) or {})},  # fmt: skip
+            "rule_details": [],
+            "label": f"{folder} local {multiplier_label(m)}",
+            "output_url": storage.join(series["series_url"], f"local-{multiplier_label(m)}"),
+        }
+        for m in attrs.get("multipliers") or []
+    ]
+
+
+def _plan_global(converted: Mapping[str, Any], storage_options: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The (series, rank) items of the global mode."""
     from ctdenoise.matrix_store import read_svd
     from ctdenoise.ranks import select_ranks
 
@@ -440,7 +512,9 @@ def plan_series(converted: Mapping[str, Any], storage_options: Mapping[str, Any]
     return [
         {
             "series": dict(series),
+            "mode": "global",
             "rank": rank,
+            "multiplier": None,
             "rules": merged[rank]["rules"],
             "detail": merged[rank]["detail"],
             "rule_details": merged[rank]["rule_details"],
@@ -473,9 +547,20 @@ def plan(
 
 
 def reconstruct_arguments(item: Mapping[str, Any]) -> list[str]:
-    """``ctdenoise reconstruct`` arguments of one plan item."""
+    """``ctdenoise reconstruct`` arguments of one plan item (either mode)."""
     series = item["series"]
+    if item.get("mode") == "local":
+        return ["reconstruct", series["matrix_url"], series["local_url"], item["output_url"], "--multiplier", f"{item['multiplier']:g}"]
     return ["reconstruct", series["matrix_url"], series["svd_url"], item["output_url"], "--rank", str(item["rank"])]
+
+
+def reconstruct_kwargs(item: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`ctdenoise.writer.reconstruct` arguments of one plan item (the local runtime's call)."""
+    series = item["series"]
+    if item.get("mode") == "local":
+        return {"matrix_url": series["matrix_url"], "svd_url": series["local_url"], "dest_url": item["output_url"],
+                "multiplier": float(item["multiplier"])}  # fmt: skip
+    return {"matrix_url": series["matrix_url"], "svd_url": series["svd_url"], "dest_url": item["output_url"], "rank": int(item["rank"])}
 
 
 def reconstruct_result(item: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -485,7 +570,9 @@ def reconstruct_result(item: Mapping[str, Any], records: Sequence[Mapping[str, A
     return {
         "folder": item["series"]["folder"],
         "series_instance_uid": item["series"]["series_instance_uid"],
-        "rank": int(item["rank"]),
+        "mode": item.get("mode", "global"),
+        "rank": None if item.get("rank") is None else int(item["rank"]),
+        "multiplier": item.get("multiplier"),
         "label": item["label"],
         "output_url": item["output_url"],
         "metrics": dict(records[-1]),
@@ -525,10 +612,13 @@ def report_series(
     planned = [i for i in _as_list(plan_items) if i["series"]["folder"] == folder]
     if not planned:
         raise InputError(f"{where}: no ranks planned (no SVD: see the dssvd and plan_ranks tasks); no report published")
-    done = {int(r["rank"]): r for r in _as_list(results) if r.get("folder") == folder}
-    missing = [i["rank"] for i in planned if int(i["rank"]) not in done]
+    done = {r["output_url"]: r for r in _as_list(results) if r.get("folder") == folder}
+    missing = [i for i in planned if i["output_url"] not in done]
     if missing:
-        raise InputError(f"{where}: rank(s) {missing} not reconstructed (see reconstruct); no report published")
+        ranks_missing = [i["rank"] for i in missing if i.get("mode", "global") == "global"]
+        local_missing = [f"x{i['multiplier']:g}" for i in missing if i.get("mode") == "local"]
+        what = ([f"rank(s) {ranks_missing}"] if ranks_missing else []) + ([f"local multiplier(s) {local_missing}"] if local_missing else [])
+        raise InputError(f"{where}: {' and '.join(what)} not reconstructed (see reconstruct); no report published")
     from ctdenoise.report import write_report
 
     ranks = [
@@ -537,15 +627,28 @@ def report_series(
             "rules": i["rules"],
             "detail": i["detail"],
             "output_url": i["output_url"],
-            "metrics": done[int(i["rank"])]["metrics"],
+            "metrics": done[i["output_url"]]["metrics"],
         }
         for i in planned
+        if i.get("mode", "global") == "global"
+    ]
+    local = [
+        {
+            "multiplier": i["multiplier"],
+            "detail": i["detail"],
+            "output_url": i["output_url"],
+            "metrics": done[i["output_url"]]["metrics"],
+        }
+        for i in planned
+        if i.get("mode") == "local"
     ]
     summary = write_report(
         matrix_url=series["matrix_url"],
-        svd_url=series["svd_url"],
+        svd_url=series.get("svd_url"),
         series_url=series["series_url"],
         ranks=ranks,
+        local=local,
+        local_url=series.get("local_url"),
         run_info={
             **dict(run_info),
             "params": series["params"],
@@ -561,6 +664,7 @@ def report_series(
         "report_json": storage.join(series["series_url"], REPORT_JSON),
         "report_html": summary.get("report_html"),
         "ranks": [{"rank": r["rank"], "rules": r["rules"], "output_url": r["output_url"]} for r in ranks],
+        "local": [{"multiplier": r["multiplier"], "output_url": r["output_url"]} for r in local],
         "auto_rank": summary.get("auto_rank"),
         "params_hash": series["params_hash"],
     }

@@ -39,12 +39,11 @@ def convert_series(series: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
 
 
 def reconstruct_rank(item: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
-    """``ctdenoise reconstruct`` of one (series, rank) plan item; the reconstruct XCom."""
+    """``ctdenoise reconstruct`` of one plan item ((series, rank) or (series, multiplier)); the reconstruct XCom."""
     from ctdenoise.writer import reconstruct
 
-    series = item["series"]
     options = aws.storage_options(aws_conn_id)
-    metrics = reconstruct(series["matrix_url"], series["svd_url"], item["output_url"], int(item["rank"]), storage_options=options)
+    metrics = reconstruct(**batch.reconstruct_kwargs(item), storage_options=options)
     return batch.reconstruct_result(item, [metrics])
 
 
@@ -106,7 +105,7 @@ def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
 
 
 def reconstruct(settings: Settings, plan: Any) -> Any:
-    """``reconstruct`` mapped over the flat (series, rank) plan, labelled "<series> rank=<r>"."""
+    """``reconstruct`` mapped over the flat plan, labelled "<series> rank=<r>" or "<series> local x<m>"."""
 
     @task(task_id="reconstruct", map_index_template="{{ task.op_kwargs['item']['label'] }}", **_task_kwargs(settings, 60))
     def reconstruct_task(item: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:

@@ -5,7 +5,9 @@ answers 400 with the schema message), so out-of-range values never reach a task.
 several fields and cannot be written as one param's schema; :func:`normalize` checks them when
 the run starts (``wait_for_scans`` calls it before waiting) and fails the run with a message:
 
-- at least one rank rule must be active (explicit ``ranks``, ``drop_percents`` or ``auto_rank``);
+- with the global mode, at least one rank rule must be active (explicit ``ranks``,
+  ``drop_percents`` or ``auto_rank``);
+- the tile ``stride`` of the local mode is at most its ``tile`` size;
 - ``k`` (singular triplets computed) is raised to the largest explicit rank, so that every
   explicit rank can be reconstructed: ``svd_rank = max(k, max(ranks))``.
 
@@ -22,7 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ctdenoise.errors import ParameterError
+from ctdenoise.local_params import LocalParams
 
+MODES = ("global", "local")
+LOCAL_DEFAULTS = LocalParams()
 MAX_RANK = 4096  # a CT series has at most a few thousand slices: rank <= slices
 MAX_RULE_VALUES = 32
 
@@ -82,6 +87,44 @@ PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str, str]] = {
         "Random seed",
         "Seed of the random test matrix: the same seed gives the same SVD.",
     ),
+    "modes": (
+        ["global", "local"],
+        {"type": "array", "items": {"type": "string", "enum": list(MODES)}, "uniqueItems": True, "minItems": 1},
+        "Modes",
+        "global: truncated SVD of the whole series at the chosen ranks (the seed's pipeline); local: "
+        "local low-rank denoising (small tiles through all slices, each shrunk on its own) at each "
+        "threshold multiplier. Both by default, so the report compares them.",
+    ),
+    "tile": (
+        LOCAL_DEFAULTS.tile,
+        {"type": "integer", "minimum": 2, "maximum": 64},
+        "Local mode: tile size (pixels)",
+        "Tiles of tile x tile pixels followed through all slices.",
+    ),
+    "stride": (
+        LOCAL_DEFAULTS.stride,
+        {"type": "integer", "minimum": 1, "maximum": 64},
+        "Local mode: tile stride (pixels)",
+        "Distance between tile starts (at most the tile size; smaller = more overlap, slower).",
+    ),
+    "multipliers": (
+        list(LOCAL_DEFAULTS.multipliers),
+        {
+            "type": "array",
+            "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+            "uniqueItems": True,
+            "minItems": 1,
+            "maxItems": MAX_RULE_VALUES,
+        },
+        "Local mode: threshold multipliers",
+        "One output per multiplier of the optimal threshold (1 = optimal; 0.5 weaker, 1.5 stronger denoising).",
+    ),
+    "shrinkage": (
+        LOCAL_DEFAULTS.shrinkage,
+        {"type": "string", "enum": ["frobenius", "hard"]},
+        "Local mode: shrinkage",
+        "frobenius: optimal singular value shrinkage for Frobenius loss; hard: the Gavish-Donoho hard threshold.",
+    ),
     "force": (
         False,
         {"type": "boolean"},
@@ -91,7 +134,10 @@ PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str, str]] = {
 }
 
 #: The parameters that change results (hashed into report.json).
-RESULT_PARAMS = ("ranks", "drop_percents", "auto_rank", "k", "oversample", "power_iters", "seed")
+RESULT_PARAMS = (
+    "ranks", "drop_percents", "auto_rank", "k", "oversample", "power_iters", "seed",
+    "modes", "tile", "stride", "multipliers", "shrinkage",
+)  # fmt: skip
 
 
 def dag_params() -> dict[str, Any]:
@@ -123,13 +169,28 @@ def normalize(params: Mapping[str, Any]) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"ct_denoise params: {exc}") from None
     auto = bool(merged["auto_rank"])
+    modes = [m for m in MODES if m in set(merged["modes"] or [])]
+    if not modes or set(merged["modes"] or []) - set(MODES):
+        raise ParameterError(f"modes {merged['modes']}: give one or both of {', '.join(MODES)}")
+    try:
+        local = LocalParams(
+            tile=int(merged["tile"]),
+            stride=int(merged["stride"]),
+            multipliers=tuple(sorted({float(m) for m in merged["multipliers"] or []})),
+            shrinkage=str(merged["shrinkage"]),
+            seed=int(merged["seed"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"ct_denoise params: {exc}") from None
+    if "local" in modes:
+        local.validate("ct_denoise params (local mode)")
     if any(r < 1 or r > MAX_RANK for r in ranks):
         raise ParameterError(f"ranks {ranks}: each rank must be between 1 and {MAX_RANK}")
     if any(not 0 < p < 100 for p in drops):
         raise ParameterError(f"drop_percents {drops}: each value must be strictly between 0 and 100")
     if not (1 <= k <= MAX_RANK) or oversample < 0 or power_iters < 0 or seed < 0:
         raise ParameterError(f"k={k}, oversample={oversample}, power_iters={power_iters}, seed={seed}: out of range")
-    if not ranks and not drops and not auto:
+    if "global" in modes and not ranks and not drops and not auto:
         raise ParameterError(
             "no rank rule selected: give explicit ranks, drop_percents, or set auto_rank (Gavish-Donoho)"
         )
@@ -142,6 +203,11 @@ def normalize(params: Mapping[str, Any]) -> dict[str, Any]:
         "oversample": oversample,
         "power_iters": power_iters,
         "seed": seed,
+        "modes": modes,
+        "tile": local.tile,
+        "stride": local.stride,
+        "multipliers": list(local.multipliers),
+        "shrinkage": local.shrinkage,
         "force": bool(merged["force"]),
     }
 
@@ -156,3 +222,20 @@ def svd_key(normalized: Mapping[str, Any], svd_rank: int | None = None) -> str:
     """Name of an SVD parameter set, used in the work layout: ``k<k>-o<o>-q<q>-s<seed>``."""
     k = normalized["svd_rank"] if svd_rank is None else svd_rank
     return f"k{k}-o{normalized['oversample']}-q{normalized['power_iters']}-s{normalized['seed']}"
+
+
+def local_params(normalized: Mapping[str, Any]) -> LocalParams:
+    """The :class:`LocalParams` of normalized run parameters."""
+    return LocalParams(
+        tile=normalized["tile"],
+        stride=normalized["stride"],
+        multipliers=tuple(normalized["multipliers"]),
+        shrinkage=normalized["shrinkage"],
+        seed=normalized["seed"],
+    )
+
+
+def local_key(normalized: Mapping[str, Any]) -> str:
+    """Name of a local-mode parameter set in the work layout: ``t<tile>-s<stride>-<shrinkage>-m<...>-s<seed>``."""
+    mults = "_".join(f"{m:g}" for m in normalized["multipliers"])
+    return f"t{normalized['tile']}-s{normalized['stride']}-{normalized['shrinkage']}-m{mults}-s{normalized['seed']}"

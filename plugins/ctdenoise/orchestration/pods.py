@@ -108,7 +108,7 @@ def convert_pod_kwargs(series: dict[str, Any]) -> dict[str, Any]:
 
 
 def reconstruct_pod_kwargs(item: dict[str, Any]) -> dict[str, Any]:
-    """Per-(series, rank) kwargs of the reconstruct pod (an ``XComArg.map`` function)."""
+    """Per-plan-item kwargs of the reconstruct pod (an ``XComArg.map`` function)."""
     from ctdenoise.orchestration.batch import reconstruct_arguments
 
     return {
@@ -116,30 +116,25 @@ def reconstruct_pod_kwargs(item: dict[str, Any]) -> dict[str, Any]:
         "annotations": {
             LABEL_ANNOTATION: item["label"],
             "ctdenoise/series-instance-uid": item["series"]["series_instance_uid"],
-            "ctdenoise/rank": str(item["rank"]),
+            "ctdenoise/mode": str(item.get("mode", "global")),
+            "ctdenoise/rank": "" if item.get("rank") is None else str(item["rank"]),
+            "ctdenoise/multiplier": "" if item.get("multiplier") is None else f"{item['multiplier']:g}",
         },
     }
 
 
 def spark_values(converted: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The ``dssvd`` values of spark/sparkapplication.yaml for one converted series."""
-    from ctdenoise.orchestration.batch import SVD_METHOD, effective_svd_rank
+    from ctdenoise.orchestration.batch import dssvd_values
 
     series = converted["series"]
-    p = series["params"]
     return {
         "name": application_name(series["label"]),
         "namespace": settings.namespace,
         "image": settings.spark_image,
         "image_pull_policy": settings.image_pull_policy,
         "service_account": settings.spark_service_account,
-        "matrix_url": series["matrix_url"],
-        "out_url": series["svd_url"],
-        "rank": effective_svd_rank(converted),
-        "oversample": p["oversample"],
-        "power_iters": p["power_iters"],
-        "seed": p["seed"],
-        "method": SVD_METHOD,
+        **dssvd_values(converted),
         "s3_secret": settings.s3_secret,
         "driver_cores": settings.spark_driver_cores,
         "driver_memory": settings.spark_driver_memory,

@@ -1,0 +1,433 @@
+"""Local low-rank denoising: small overlapping tiles through all slices, each shrunk on its own.
+
+Why local: a whole-series SVD must keep a component for every structure that changes along the
+series, so at a rank that removes noise it also blurs anatomy across slices. A tile of
+``tile x tile`` pixels followed through all ``n`` slices is a small Casorati matrix
+``X`` (``tile**2`` pixels x ``n`` slices) whose signal has a handful of components, while the
+noise of a CT slice is independent from slice to slice. Shrinking the singular values of each
+tile and averaging the overlapping estimates keeps edges and removes noise; the tiles are
+independent, thousands of small SVDs, which is what a cluster distributes well.
+
+Per tile (``p = tile**2`` rows, ``n`` columns, ``N = max(p, n)``, ``beta = min(p, n) / N``):
+
+1. singular values ``s`` of ``X``: exactly (a batched Gram eigendecomposition on the small
+   side) when ``min(p, n) <= max_rank + oversample``, else a randomized range finder of width
+   ``l = max_rank + oversample`` with ``power_iters`` subspace iterations (Halko et al., the
+   same algorithm as the global stochastic SVD, batched over tiles);
+2. noise level ``sigma`` of the tile, from the data: with the full spectrum, the median
+   singular value against the Marchenko-Pastur median (Gavish and Donoho 2014, unknown noise);
+   with a truncated one, the energy left outside the top ``l`` values against the energy of the
+   bottom of a Marchenko-Pastur spectrum (:func:`ctdenoise.ranks.mp_bottom_energy`). The noise of
+   filtered back projection varies across the image (streaks, the spine, long lateral paths),
+   so a per-tile estimate follows it where a single global level would not;
+3. shrinkage of ``y = s / (m sigma sqrt(N))`` for each *multiplier* ``m``: ``frobenius``, the
+   optimal shrinker for Frobenius loss, ``eta(y) = sqrt((y^2 - beta - 1)^2 - 4 beta) / y`` for
+   ``y > 1 + sqrt(beta)``, else 0 (Gavish and Donoho 2017), or ``hard``, keep ``s`` where
+   ``y > lambda*(beta)`` (the optimal hard threshold). ``m = 1`` is the optimum; 0.5 and 1.5
+   show a reader weaker and stronger denoising side by side;
+4. the tile estimate ``U diag(eta) V^T`` is added to the output with weight ``1 / (1 + r)``
+   (``r`` the number of components kept), so that simple, confident tiles count more where
+   tiles overlap (the aggregation weights of BM3D); the sum is divided by the summed weights.
+
+Tiles start every ``stride`` pixels along rows and columns, and a last tile is added flush with
+the far edge so that every pixel is covered. Everything is deterministic: the test matrix of the
+randomized path comes from ``seed`` and is the same for every tile, and tiles are processed in
+a fixed order, so a result depends only on the inputs and the parameters (not on how rows are
+split over Spark partitions, up to float rounding of independent sums, which do not occur here:
+each output row is computed by exactly one task).
+
+The matrix layout is that of the series matrix (``ctdenoise.matrix_store``): row
+``r * columns + c`` is pixel ``(r, c)``, one column per slice. :func:`denoise_rows` works on
+a band of image rows (what one Spark task does); :func:`denoise_matrix` loops over bands
+(numpy engine, tests, benchmark).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ctdenoise.errors import ParameterError
+
+from ctdenoise.local_params import DEFAULT_MULTIPLIERS, SHRINKAGES, LocalParams, multiplier_label  # noqa: F401 (re-exported)
+
+
+# --------------------------------------------------------------------------------------------
+# Random-matrix constants
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def mp_median(beta: float) -> float:
+    """Median of the Marchenko-Pastur law with ratio ``beta`` (eigenvalues of ``X^T X / N``, unit noise)."""
+    a, b = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
+    theta = np.linspace(0.0, math.pi, 8193)
+    lam = a + (b - a) * (1 - np.cos(theta)) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dens = np.where(lam > 0, ((b - a) / 2) ** 2 * np.sin(theta) ** 2 / (2 * math.pi * beta * lam), 0.0)
+    step = theta[1] - theta[0]
+    cdf = np.concatenate([[0.0], np.cumsum((dens[1:] + dens[:-1]) / 2 * step)])
+    cdf /= cdf[-1]
+    return float(np.interp(0.5, cdf, lam))
+
+
+@functools.lru_cache(maxsize=64)
+def _tail_energy_share(beta: float, fraction: float) -> float:
+    from ctdenoise.ranks import mp_bottom_energy
+
+    return mp_bottom_energy(beta, fraction)
+
+
+def shrink(s: np.ndarray, sigma: np.ndarray, N: int, beta: float, shrinkage: str) -> np.ndarray:
+    """Shrunk singular values for noise level ``sigma`` (per tile: ``s`` is ``(t, d)``, ``sigma`` ``(t,)``)."""
+    from ctdenoise.ranks import lambda_star
+
+    scale = sigma[:, None] * math.sqrt(N)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.where(scale > 0, s / scale, np.inf)
+        if shrinkage == "hard":
+            return np.where(y > lambda_star(beta), s, 0.0)
+        edge = 1.0 + math.sqrt(beta)
+        eta = np.sqrt(np.maximum((y * y - beta - 1.0) ** 2 - 4.0 * beta, 0.0)) / y
+        out = np.where(y > edge, eta * scale, 0.0)
+    return np.where(np.isfinite(y), out, s)  # a noise-free tile (sigma 0) is kept as it is
+
+
+# --------------------------------------------------------------------------------------------
+# Tiles
+# --------------------------------------------------------------------------------------------
+
+
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Start offsets along one axis: every ``stride``, plus one flush with the far edge."""
+    tile = min(tile, size)
+    starts = list(range(0, size - tile + 1, stride))
+    if starts[-1] != size - tile:
+        starts.append(size - tile)
+    return starts
+
+
+def rows_needed(row_start: int, row_stop: int, rows: int, tile: int, stride: int) -> tuple[list[int], int, int]:
+    """``(tile row starts touching rows [row_start, row_stop), first input row, stop input row)``."""
+    tile_eff = min(tile, rows)
+    starts = [r for r in tile_starts(rows, tile, stride) if r < row_stop and r + tile_eff > row_start]
+    return starts, starts[0], starts[-1] + tile_eff
+
+
+@dataclass
+class TileStats:
+    """Per-tile numbers of one band, for the report (rank maps, noise map)."""
+
+    starts: list[tuple[int, int]] = field(default_factory=list)
+    sigma: list[float] = field(default_factory=list)
+    ranks: list[list[int]] = field(default_factory=list)  # per tile, one rank per multiplier
+
+
+def _spectra_exact(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(s descending (t, d), vectors of the small side, vectors_are_right)`` from batched Gram eigh."""
+    t, p, n = X.shape
+    right = n <= p
+    G = np.matmul(X.transpose(0, 2, 1), X) if right else np.matmul(X, X.transpose(0, 2, 1))
+    lam, vec = np.linalg.eigh(G)
+    lam, vec = lam[:, ::-1], vec[:, :, ::-1]
+    return np.sqrt(np.clip(lam, 0.0, None)), vec, right
+
+
+def denoise_tiles(X: np.ndarray, params: LocalParams, omega: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shrunk estimates of a stack of tile matrices.
+
+    ``X`` is ``(t, p, n)`` float64. Returns ``(estimates (n_mult, t, p, n), ranks (n_mult, t),
+    sigma (t,))``.
+    """
+    t, p, n = X.shape
+    d, N = min(p, n), max(p, n)
+    beta = d / N
+    width = params.max_rank + params.oversample
+    mults = [float(m) for m in params.multipliers]
+    out = np.empty((len(mults), t, p, n))
+    ranks = np.empty((len(mults), t), dtype=np.int32)
+    if d <= width:
+        s, vec, right = _spectra_exact(X)
+        sigma = np.sqrt(np.median(s * s, axis=1) / (N * mp_median(beta)))
+        for i, m in enumerate(mults):
+            shrunk = shrink(s, m * sigma, N, beta, params.shrinkage)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f = np.where(s > 0, shrunk / s, 0.0)
+            ranks[i] = np.count_nonzero(shrunk > 0, axis=1)
+            if right:  # X V diag(f) V^T
+                out[i] = np.matmul(np.matmul(X, vec) * f[:, None, :], vec.transpose(0, 2, 1))
+            else:  # U diag(f) U^T X
+                out[i] = np.matmul(vec * f[:, None, :], np.matmul(vec.transpose(0, 2, 1), X))
+        return out, ranks, sigma
+    # Randomized range finder, batched: Y = X Omega, q subspace iterations, B = Q^T X.
+    if omega is None:
+        omega = np.random.default_rng(params.seed).standard_normal((n, width))
+    Q, _ = np.linalg.qr(np.matmul(X, omega))
+    for _ in range(params.power_iters):
+        Z, _ = np.linalg.qr(np.matmul(X.transpose(0, 2, 1), Q))
+        Q, _ = np.linalg.qr(np.matmul(X, Z))
+    B = np.matmul(Q.transpose(0, 2, 1), X)
+    Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
+    total = np.einsum("tpn,tpn->t", X, X)
+    tail = np.maximum(total - np.sum(s * s, axis=1), 0.0)
+    share = _tail_energy_share(beta, (d - width) / d)
+    sigma = np.sqrt(tail / (N * d * share)) if share > 0 else np.zeros(t)
+    QU = np.matmul(Q, Ub)
+    for i, m in enumerate(mults):
+        shrunk = shrink(s, m * sigma, N, beta, params.shrinkage)
+        ranks[i] = np.count_nonzero(shrunk > 0, axis=1)
+        out[i] = np.matmul(QU * shrunk[:, None, :], Vt)
+    return out, ranks, sigma
+
+
+def denoise_rows(
+    block: np.ndarray,
+    block_row_start: int,
+    row_start: int,
+    row_stop: int,
+    rows: int,
+    columns: int,
+    params: LocalParams,
+) -> tuple[np.ndarray, TileStats]:
+    """Denoised matrix rows of image rows ``[row_start, row_stop)`` for every multiplier.
+
+    ``block`` holds image rows ``[block_row_start, ...)`` of the series matrix (``r * columns``
+    matrix rows each, all slices) and must cover :func:`rows_needed` for the band. Returns
+    ``(D (n_mult, (row_stop - row_start) * columns, n) float32, stats)``; ``stats`` lists the
+    tiles whose first row lies in the band (each tile is reported by exactly one band).
+    """
+    n = block.shape[1]
+    vol = np.asarray(block).reshape(-1, columns, n)
+    tile_r, tile_c = min(params.tile, rows), min(params.tile, columns)
+    starts, first, stop = rows_needed(row_start, row_stop, rows, params.tile, params.stride)
+    if block_row_start > first or block_row_start + vol.shape[0] < stop:
+        raise ValueError(
+            f"band rows {row_start}:{row_stop} need image rows {first}:{stop}, block holds "
+            f"{block_row_start}:{block_row_start + vol.shape[0]}"
+        )
+    col_starts = tile_starts(columns, params.tile, params.stride)
+    n_mult = len(params.multipliers)
+    height = row_stop - row_start
+    acc = np.zeros((n_mult, height, columns, n))
+    wsum = np.zeros((n_mult, height, columns))
+    omega = np.random.default_rng(params.seed).standard_normal((n, params.max_rank + params.oversample))
+    stats = TileStats()
+    for r0 in starts:
+        slab = np.asarray(vol[r0 - block_row_start : r0 - block_row_start + tile_r], dtype=np.float64)
+        X = np.stack([slab[:, c0 : c0 + tile_c, :].reshape(tile_r * tile_c, n) for c0 in col_starts])
+        est, ranks, sigma = denoise_tiles(X, params, omega)
+        weights = 1.0 / (1.0 + ranks) if params.weights == "inverse_rank" else np.ones(ranks.shape)
+        lo, hi = max(r0, row_start), min(r0 + tile_r, row_stop)
+        est = est.reshape(n_mult, len(col_starts), tile_r, tile_c, n)[:, :, lo - r0 : hi - r0]
+        for j, c0 in enumerate(col_starts):
+            w = weights[:, j]
+            acc[:, lo - row_start : hi - row_start, c0 : c0 + tile_c] += w[:, None, None, None] * est[:, j]
+            wsum[:, lo - row_start : hi - row_start, c0 : c0 + tile_c] += w[:, None, None]
+        if row_start <= r0 < row_stop:
+            for j, c0 in enumerate(col_starts):
+                stats.starts.append((r0, c0))
+                stats.sigma.append(float(sigma[j]))
+                stats.ranks.append([int(x) for x in ranks[:, j]])
+    D = (acc / wsum[..., None]).reshape(n_mult, height * columns, n).astype(np.float32)
+    return D, stats
+
+
+def row_bands(rows: int, columns: int, chunk_rows: int) -> list[tuple[int, int]]:
+    """Image-row bands that end on matrix chunk boundaries where they can (one chunk's rows each).
+
+    A band of ``ceil(chunk_rows / columns)`` image rows: for 512 columns and chunks of 16384
+    matrix rows, 32 image rows, so each band fills exactly one chunk of ``D``.
+    """
+    return band_ranges(rows, max(1, math.ceil(chunk_rows / columns)))
+
+
+def partition_task(
+    matrix_url: str, rows: int, columns: int, params: dict[str, Any], index: int, items: Any
+) -> Any:
+    """What one Spark partition computes: ``(row_start, row_stop, D, stats)`` per band of its group.
+
+    The partition reads the image rows its bands need (their tiles reach ``tile - stride``
+    rows into the neighbouring bands) once, then denoises band after band. Lives here, not in
+    the Spark job, so executors import it by name.
+    """
+    from ctdenoise.decomposition import read_row_blocks
+
+    p = LocalParams.from_dict(params)
+    bands = [tuple(b) for group in items for b in group]
+    if not bands:
+        return
+    needs = [rows_needed(a, b, rows, p.tile, p.stride) for a, b in bands]
+    first, last = min(x[1] for x in needs), max(x[2] for x in needs)
+    block = np.concatenate(list(read_row_blocks(matrix_url, [(first * columns, last * columns)])), axis=0)
+    for a, b in bands:
+        D, stats = denoise_rows(block, first, a, b, rows, columns, p)
+        yield a, b, D, stats
+
+
+def band_ranges(rows: int, band_rows: int) -> list[tuple[int, int]]:
+    """Image-row bands ``[start, stop)`` of ``band_rows`` rows (the last one shorter)."""
+    return [(start, min(rows, start + band_rows)) for start in range(0, rows, band_rows)]
+
+
+def denoise_matrix(A: np.ndarray, rows: int, columns: int, params: LocalParams, band_rows: int = 32) -> tuple[np.ndarray, TileStats]:
+    """The whole series matrix, band by band in one process: ``(D (n_mult, m, n) float32, stats)``."""
+    params.validate()
+    A = np.asarray(A)
+    if A.ndim != 2 or A.shape[0] != rows * columns:
+        raise ParameterError(f"matrix of shape {A.shape} is not (rows*columns, slices) = ({rows * columns}, n)")
+    out = np.empty((len(params.multipliers), A.shape[0], A.shape[1]), dtype=np.float32)
+    stats = TileStats()
+    for start, stop in band_ranges(rows, band_rows):
+        _, first, last = rows_needed(start, stop, rows, params.tile, params.stride)
+        D, band_stats = denoise_rows(A[first * columns : last * columns], first, start, stop, rows, columns, params)
+        out[:, start * columns : stop * columns] = D
+        stats.starts += band_stats.starts
+        stats.sigma += band_stats.sigma
+        stats.ranks += band_stats.ranks
+    return out, stats
+
+
+def stats_maps(stats: TileStats, rows: int, columns: int, params: LocalParams) -> tuple[np.ndarray, np.ndarray]:
+    """``(ranks (n_mult, tile rows, tile cols) int16, sigma (tile rows, tile cols) float32)`` grids."""
+    row_starts = tile_starts(rows, params.tile, params.stride)
+    col_starts = tile_starts(columns, params.tile, params.stride)
+    r_index = {r: i for i, r in enumerate(row_starts)}
+    c_index = {c: j for j, c in enumerate(col_starts)}
+    ranks = np.zeros((len(params.multipliers), len(row_starts), len(col_starts)), dtype=np.int16)
+    sigma = np.zeros((len(row_starts), len(col_starts)), dtype=np.float32)
+    for (r, c), sg, rk in zip(stats.starts, stats.sigma, stats.ranks, strict=True):
+        sigma[r_index[r], c_index[c]] = sg
+        ranks[:, r_index[r], c_index[c]] = rk
+    return ranks, sigma
+
+
+def merge_stats(parts: Sequence[TileStats]) -> TileStats:
+    out = TileStats()
+    for p in parts:
+        out.starts += p.starts
+        out.sigma += p.sigma
+        out.ranks += p.ranks
+    return out
+
+
+def summarize(ranks: np.ndarray, sigma: np.ndarray, params: LocalParams) -> dict[str, Any]:
+    """Per multiplier, the components the tiles kept; the noise levels estimated (HU): for the
+    report and the logs."""
+    out: dict[str, Any] = {"tiles": int(sigma.size), "multipliers": {}}
+    for i, m in enumerate(params.multipliers):
+        r = ranks[i].astype(np.float64)
+        out["multipliers"][multiplier_label(m)] = {
+            "multiplier": float(m),
+            "mean_rank": round(float(r.mean()), 3),
+            "median_rank": float(np.median(r)),
+            "max_rank": int(r.max()),
+        }
+    sg = sigma.astype(np.float64)
+    out["sigma_hu"] = {"median": round(float(np.median(sg)), 3), "p10": round(float(np.percentile(sg, 10)), 3), "p90": round(float(np.percentile(sg, 90)), 3)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Engines: the published local group, from bands computed anywhere
+# --------------------------------------------------------------------------------------------
+
+
+def group_attrs(params: LocalParams, rows: int, columns: int, matrix_url: str, shape: Sequence[int]) -> dict[str, Any]:
+    """The attributes of a local group (see ``ctdenoise.matrix_store``)."""
+    from ctdenoise import __version__
+
+    return {
+        "mode": "local",
+        **params.as_dict(),
+        "tile_row_starts": tile_starts(rows, params.tile, params.stride),
+        "tile_col_starts": tile_starts(columns, params.tile, params.stride),
+        "matrix_url": matrix_url,
+        "matrix_shape": [int(x) for x in shape],
+        "created_by": f"ctdenoise {__version__}",
+    }
+
+
+def publish_bands(
+    dest_url: str,
+    bands: Any,
+    rows: int,
+    columns: int,
+    shape: Sequence[int],
+    params: LocalParams,
+    attrs: dict[str, Any],
+    timings: Any,
+    chunk_rows: int,
+    storage_options: Any = None,
+) -> dict[str, Any]:
+    """Write ``(row_start, row_stop, D, stats)`` bands into a staged local group, publish it.
+
+    ``bands`` is consumed inside the ``local_pass`` stage of ``timings`` (a
+    :class:`ctdenoise.decomposition.Timings`): computing them (lazily, e.g. Spark's
+    ``toLocalIterator``) and writing them locally is the pass; the upload is ``write``.
+    Returns the summary record (URL, per-multiplier ranks, noise levels, timings).
+    """
+    from pathlib import Path
+
+    from ctdenoise import matrix_store, storage
+    from ctdenoise.decomposition import NON_COMPUTE_STAGES
+
+    m, n = (int(x) for x in shape)
+    grid = (len(attrs["tile_row_starts"]), len(attrs["tile_col_starts"]))
+    with storage.staging_dir("ctdenoise-local-") as staged:
+        target = Path(staged) / "local.zarr"
+        group = matrix_store.create_local_group(target, (m, n), len(params.multipliers), grid, attrs, row_chunk=chunk_rows)
+        parts = []
+        with timings.stage("local_pass"):
+            D = group["D"]
+            for a, b, block, band_stats in bands:
+                D[:, a * columns : b * columns, :] = block
+                parts.append(band_stats)
+            ranks, sigma = stats_maps(merge_stats(parts), rows, columns, params)
+            group["tile_ranks"][...] = ranks
+            group["tile_sigma"][...] = sigma
+        summary = summarize(ranks, sigma, params)
+        stages = timings.as_dict()
+        stages["compute_total"] = round(sum(v for k, v in timings.stages.items() if k not in NON_COMPUTE_STAGES), 6)
+        group.attrs.update({"timings": stages, "summary": summary})
+        with timings.stage("write"):
+            storage.publish_dir(target, dest_url, storage_options)
+    stages["write"] = round(timings.stages["write"], 6)
+    return {"local": dest_url, "mode": "local", "summary": summary, "timings": stages, "matrix_shape": [m, n]}
+
+
+def matrix_geometry(arr: Any, url: str) -> tuple[int, int]:
+    """``(rows, columns)`` of a series matrix from its attributes; :class:`InputError` if absent or wrong."""
+    from ctdenoise.errors import InputError
+
+    try:
+        rows, columns = int(arr.attrs["rows"]), int(arr.attrs["columns"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{url}: local mode needs the matrix attributes rows and columns") from None
+    if rows * columns != int(arr.shape[0]):
+        raise InputError(f"{url}: rows*columns = {rows * columns} but the matrix has {arr.shape[0]} rows")
+    return rows, columns
+
+
+def local_numpy(matrix_url: str, out_url: str, params: LocalParams, storage_options: Any = None) -> dict[str, Any]:
+    """The local mode in one process (``ctdenoise local``, tests): same bands, same group as Spark."""
+    from ctdenoise.decomposition import Timings
+    from ctdenoise.matrix_store import open_matrix
+
+    params.validate(matrix_url)
+    arr = open_matrix(matrix_url, storage_options)
+    rows, columns = matrix_geometry(arr, matrix_url)
+    timings = Timings()
+
+    def bands():
+        for a, b in row_bands(rows, columns, int(arr.chunks[0])):
+            _, first, last = rows_needed(a, b, rows, params.tile, params.stride)
+            D, stats = denoise_rows(arr[first * columns : last * columns], first, a, b, rows, columns, params)
+            yield a, b, D, stats
+
+    attrs = {**group_attrs(params, rows, columns, matrix_url, arr.shape), "engine": "numpy"}
+    return publish_bands(out_url, bands(), rows, columns, arr.shape, params, attrs, timings, int(arr.chunks[0]), storage_options)

@@ -1,0 +1,69 @@
+"""The parameters of the local low-rank mode (see :mod:`ctdenoise.local_lowrank`).
+
+Kept apart from the numerics, with the standard library only: the DAG file's run parameters
+(``ctdenoise.orchestration.params``) take their defaults from here at parse time, where numpy
+must not be imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ctdenoise.errors import ParameterError
+
+SHRINKAGES = ("frobenius", "hard")
+DEFAULT_MULTIPLIERS = (0.5, 1.0, 1.5)
+
+
+@dataclass(frozen=True)
+class LocalParams:
+    """Parameters of the local low-rank mode (all with automatic, volume-independent defaults)."""
+
+    tile: int = 16
+    stride: int = 4
+    multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS
+    shrinkage: str = "frobenius"
+    max_rank: int = 24
+    oversample: int = 8
+    power_iters: int = 1
+    seed: int = 0
+    weights: str = "inverse_rank"  # or "uniform"
+
+    def validate(self, source: str = "local mode") -> "LocalParams":
+        if not 2 <= self.tile <= 64:
+            raise ParameterError(f"{source}: tile must be between 2 and 64 pixels, got {self.tile}")
+        if not 1 <= self.stride <= self.tile:
+            raise ParameterError(f"{source}: stride must be between 1 and the tile size {self.tile}, got {self.stride}")
+        if not self.multipliers or any(not (0 < float(m) <= 10) for m in self.multipliers):
+            raise ParameterError(f"{source}: multipliers must be a non-empty list of values in (0, 10], got {list(self.multipliers)}")
+        if len(set(self.multipliers)) != len(self.multipliers):
+            raise ParameterError(f"{source}: multipliers must be distinct, got {list(self.multipliers)}")
+        if self.shrinkage not in SHRINKAGES:
+            raise ParameterError(f"{source}: shrinkage must be one of {', '.join(SHRINKAGES)}, got {self.shrinkage!r}")
+        if self.weights not in ("inverse_rank", "uniform"):
+            raise ParameterError(f"{source}: weights must be inverse_rank or uniform, got {self.weights!r}")
+        if self.max_rank < 1 or self.oversample < 0 or not 0 <= self.power_iters <= 10:
+            raise ParameterError(
+                f"{source}: max_rank >= 1, oversample >= 0 and power_iters in 0..10 needed, got "
+                f"{self.max_rank}, {self.oversample}, {self.power_iters}"
+            )
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["multipliers"] = [float(m) for m in self.multipliers]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LocalParams":
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in known}
+        if "multipliers" in values:
+            values["multipliers"] = tuple(float(m) for m in values["multipliers"])
+        return cls(**values)
+
+
+def multiplier_label(multiplier: float) -> str:
+    """``x1``, ``x0.5``: how a multiplier appears in output folder names and task labels."""
+    return f"x{float(multiplier):g}"

@@ -1,0 +1,144 @@
+"""Local low-rank mode: tiles, noise estimate, shrinkage, band independence, the published group."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ctdenoise import local_lowrank as llr
+from ctdenoise.errors import ParameterError
+from ctdenoise.local_lowrank import LocalParams
+from ctdenoise.matrix_store import open_local, write_matrix
+
+
+def smooth_volume(rows: int, columns: int, slices: int, seed: int = 0) -> np.ndarray:
+    """(slices, rows, columns): a few blobs whose intensity changes smoothly along the slices."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns]
+    vol = np.zeros((slices, rows, columns))
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0, rows), rng.uniform(0, columns), rng.uniform(4, 10)
+        blob = ((y - cy) ** 2 + (x - cx) ** 2 < r * r).astype(float)
+        profile = 100 * np.sin(np.linspace(0, rng.uniform(1, 3), slices) + rng.uniform(0, 3))
+        vol += profile[:, None, None] * blob[None]
+    return vol
+
+
+def as_matrix(vol: np.ndarray) -> np.ndarray:
+    return vol.reshape(vol.shape[0], -1).T.copy()
+
+
+def test_tiles_cover_every_pixel_and_end_flush() -> None:
+    assert llr.tile_starts(20, 8, 4) == [0, 4, 8, 12]
+    assert llr.tile_starts(21, 8, 4) == [0, 4, 8, 12, 13]
+    assert llr.tile_starts(5, 8, 4) == [0]  # a tile larger than the image shrinks to it
+    for size, tile, stride in [(64, 16, 8), (37, 8, 3), (9, 4, 4)]:
+        covered = np.zeros(size, bool)
+        for start in llr.tile_starts(size, tile, stride):
+            covered[start : start + tile] = True
+        assert covered.all()
+    starts, first, stop = llr.rows_needed(32, 64, 128, 16, 8)
+    assert starts == [24, 32, 40, 48, 56] and (first, stop) == (24, 72)
+
+
+def test_mp_median_matches_the_known_values() -> None:
+    # Gavish and Donoho (2014): the Marchenko-Pastur median is ~0.6528 for beta = 1 (their Table),
+    # and tends to 1 as beta -> 0.
+    assert llr.mp_median(1.0) == pytest.approx(0.6528, abs=2e-3)
+    assert llr.mp_median(0.01) == pytest.approx(1.0, abs=0.02)
+
+
+def test_shrinkers() -> None:
+    sigma, N, beta = np.array([1.0]), 100, 0.25
+    s = np.array([[5.0, 15.0, 30.0]]) * math.sqrt(N) / 10  # y = 0.5, 1.5, 3.0
+    fro = llr.shrink(s, sigma, N, beta, "frobenius")
+    assert fro[0, 0] == 0.0 and fro[0, 1] == 0.0  # below the bulk edge 1 + sqrt(beta) = 1.5 (y = 1.5 is on it)
+    assert 0 < fro[0, 2] < s[0, 2]
+    y = 3.0
+    assert fro[0, 2] == pytest.approx(math.sqrt((y * y - beta - 1) ** 2 - 4 * beta) / y * math.sqrt(N))
+    hard = llr.shrink(s, sigma, N, beta, "hard")
+    from ctdenoise.ranks import lambda_star
+
+    assert list(hard[0] > 0) == [y_ > lambda_star(beta) for y_ in (0.5, 1.5, 3.0)]
+    assert (hard[hard > 0] == s[hard > 0]).all()
+
+
+@pytest.mark.parametrize("randomized", [False, True])
+def test_noise_level_of_pure_noise_tiles_is_estimated_and_removed(randomized: bool) -> None:
+    rng = np.random.default_rng(3)
+    X = 20.0 * rng.standard_normal((30, 64, 48 if randomized else 24))
+    params = LocalParams(tile=8, stride=8, max_rank=8 if randomized else 24, oversample=4)
+    est, ranks, sigma = llr.denoise_tiles(X, params)
+    assert np.median(sigma) == pytest.approx(20.0, rel=0.1)
+    i = params.multipliers.index(1.0)
+    assert ranks[i].mean() < 0.5  # noise only: (almost) nothing kept
+    assert np.linalg.norm(est[i]) < 0.2 * np.linalg.norm(X)
+
+
+def test_randomized_path_agrees_with_the_exact_one_on_low_rank_tiles() -> None:
+    rng = np.random.default_rng(5)
+    t, p, n, r = 20, 64, 48, 3
+    signal = np.matmul(rng.standard_normal((t, p, r)) * 50, rng.standard_normal((t, r, n)))
+    X = signal + 5.0 * rng.standard_normal((t, p, n))
+    exact, ranks_e, _ = llr.denoise_tiles(X, LocalParams(tile=8, max_rank=64, oversample=0))
+    approx, ranks_r, _ = llr.denoise_tiles(X, LocalParams(tile=8, max_rank=12, oversample=4, power_iters=2))
+    i = LocalParams().multipliers.index(1.0)
+    assert (ranks_e[i] == r).all() and (ranks_r[i] == r).all()
+    err = np.linalg.norm(approx[i] - exact[i]) / np.linalg.norm(exact[i])
+    assert err < 0.02
+    # and both are much closer to the signal than the noisy input
+    assert np.linalg.norm(exact[i] - signal) < 0.4 * np.linalg.norm(X - signal)
+
+
+def test_denoising_a_volume_beats_the_input_and_bands_do_not_matter() -> None:
+    rows, columns, slices = 40, 36, 16
+    truth = smooth_volume(rows, columns, slices)
+    noisy = truth + 15.0 * np.random.default_rng(1).standard_normal(truth.shape)
+    A = as_matrix(noisy)
+    params = LocalParams(tile=8, stride=4)
+    D, stats = llr.denoise_matrix(A, rows, columns, params, band_rows=32)
+    D_small_bands, _ = llr.denoise_matrix(A, rows, columns, params, band_rows=7)
+    np.testing.assert_allclose(D_small_bands, D, rtol=0, atol=1e-4)
+    i = params.multipliers.index(1.0)
+    err_in = np.linalg.norm(A - as_matrix(truth))
+    err_out = np.linalg.norm(D[i] - as_matrix(truth))
+    assert err_out < 0.5 * err_in
+    # each tile reported once, with one rank per multiplier, weaker threshold keeps more
+    assert len(stats.starts) == len(set(stats.starts)) == len(llr.tile_starts(rows, 8, 4)) * len(llr.tile_starts(columns, 8, 4))
+    ranks = np.array(stats.ranks)
+    assert ranks.shape[1] == 3 and (ranks[:, 0] >= ranks[:, 1]).all() and (ranks[:, 1] >= ranks[:, 2]).all()
+    # deterministic
+    again, _ = llr.denoise_matrix(A, rows, columns, params, band_rows=32)
+    assert np.array_equal(again, D)
+
+
+def test_params_are_validated() -> None:
+    with pytest.raises(ParameterError, match="stride must be between 1 and the tile size 8, got 9"):
+        LocalParams(tile=8, stride=9).validate()
+    with pytest.raises(ParameterError, match="multipliers must be"):
+        LocalParams(multipliers=(0.0,)).validate()
+    with pytest.raises(ParameterError, match="shrinkage must be one of frobenius, hard"):
+        LocalParams(shrinkage="soft").validate()
+    with pytest.raises(ParameterError, match=r"is not \(rows\*columns, slices\)"):
+        llr.denoise_matrix(np.zeros((10, 4)), 3, 3, LocalParams())
+    p = LocalParams(tile=8, stride=2, multipliers=(1.0, 2.0))
+    assert LocalParams.from_dict(p.as_dict()) == p
+
+
+def test_local_numpy_publishes_the_group(tmp_path) -> None:
+    rows, columns, slices = 24, 20, 10
+    noisy = smooth_volume(rows, columns, slices) + 10.0 * np.random.default_rng(2).standard_normal((slices, rows, columns))
+    url = str(tmp_path / "m.zarr")
+    write_matrix(as_matrix(noisy), {"rows": rows, "columns": columns, "slices": slices}, url, row_chunk=100)
+    params = LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0))
+    record = llr.local_numpy(url, str(tmp_path / "local.zarr"), params)
+    group, attrs = open_local(record["local"])
+    expected, _ = llr.denoise_matrix(as_matrix(noisy).astype(np.float32), rows, columns, params)
+    np.testing.assert_allclose(group["D"][...], expected, atol=1e-4)
+    assert attrs["mode"] == "local" and attrs["matrix_url"] == url and attrs["multipliers"] == [0.5, 1.0]
+    assert group["tile_ranks"].shape == (2, 5, 4) and group["tile_sigma"].shape == (5, 4)  # 24 rows, 20 columns
+    assert set(record["summary"]["multipliers"]) == {"x0.5", "x1"} and record["timings"]["compute_total"] > 0
+    with pytest.raises(FileNotFoundError, match="no local low-rank group"):
+        open_local(str(tmp_path / "absent.zarr"))
