@@ -47,8 +47,12 @@ demo: install
 ui: install
 	$(BIN)/python scripts/ui.py
 
+# Benchmarks (not tests): the SVD/local-mode speed table, then the denoising-quality table.
+# bench/requirements.txt adds what only the benchmarks use (BM3D, PyWavelets).
 bench: install
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/svd.py
+	$(BIN)/python bench/quality.py
 
 freeze:
 	$(BIN)/python -m pip freeze --exclude-editable > requirements.txt

@@ -197,12 +197,9 @@ def validate_args(args: argparse.Namespace, shape: Sequence[int]) -> None:
 
 
 def run_local(sc: Any, args: argparse.Namespace, arr: Any, session_seconds: float | None = None) -> dict[str, Any]:
-    """Local low-rank mode: tiles denoised on the executors, bands streamed to the driver and
-    written into a staged local group, published atomically at ``--local-out``.
-
-    Each partition holds a contiguous group of image-row bands (one ``D`` chunk each) and reads
-    the rows they need once; bands reach the driver one partition at a time
-    (``toLocalIterator``), so the driver holds one partition's output, never the volume.
+    """Local low-rank mode: contiguous groups of image-row bands denoised on the executors, which
+    write their rows of ``D`` straight into the uncommitted local group; the driver collects the
+    per-tile statistics and commits the group at ``--local-out`` (nothing visible before).
     """
     from ctdenoise import local_lowrank
     from ctdenoise.decomposition import Timings
@@ -212,23 +209,17 @@ def run_local(sc: Any, args: argparse.Namespace, arr: Any, session_seconds: floa
     if session_seconds is not None:
         timings.stages["session_start"] = session_seconds
     rows, columns = local_lowrank.matrix_geometry(arr, args.matrix)
-    chunk_rows = int(arr.chunks[0])
-    bands = local_lowrank.row_bands(rows, columns, chunk_rows)
+    attrs = local_lowrank.group_attrs(params, rows, columns, args.matrix, arr.shape, int(arr.chunks[0]))
+    bands = local_lowrank.band_ranges(rows, attrs["band_rows"])
     groups = [bands[a:b] for a, b in _group_bounds(len(bands), args.partitions or 2 * sc.defaultParallelism)]
-    attrs = {
-        **local_lowrank.group_attrs(params, rows, columns, args.matrix, arr.shape),
-        "partitions": len(groups),
-        "spark_master": sc.master,
-        "spark_version": sc.version,
-        "engine": "spark",
-    }
-    sc.setJobDescription(f"dssvd local mode: {len(bands)} bands in {len(groups)} partitions")
-    rdd = sc.parallelize(groups, len(groups)).mapPartitionsWithIndex(
-        functools.partial(local_lowrank.partition_task, args.matrix, rows, columns, params.as_dict())
-    )
-    return local_lowrank.publish_bands(
-        args.local_out, rdd.toLocalIterator(prefetchPartitions=True), rows, columns, arr.shape, params, attrs, timings, chunk_rows
-    )
+    attrs.update(partitions=len(groups), spark_master=sc.master, spark_version=sc.version, engine="spark")
+
+    def run_bands(work_url: str) -> list[Any]:
+        sc.setJobDescription(f"dssvd local mode: {len(bands)} bands in {len(groups)} partitions")
+        task = functools.partial(local_lowrank.partition_task, args.matrix, work_url, rows, columns, params.as_dict())
+        return sc.parallelize(groups, len(groups)).mapPartitionsWithIndex(task).collect()
+
+    return local_lowrank.publish_bands(args.local_out, run_bands, rows, columns, arr.shape, params, attrs, timings)
 
 
 def _group_bounds(count: int, groups: int) -> list[tuple[int, int]]:

@@ -308,3 +308,16 @@ def test_local_mode_alone_and_its_bad_parameters(spark, dssvd, matrix, tmp_path,
     assert code == 0, err
     assert record["mode"] == "local" and not (tmp_path / "svd.zarr").exists()
     assert set(record["summary"]["multipliers"]) == {"x0.5", "x1", "x1.5"}
+
+
+def test_local_mode_executors_write_to_s3_and_the_driver_commits(spark, dssvd, matrix, s3_bucket, capsys):
+    from ctdenoise.matrix_store import open_local
+
+    _, A = matrix
+    url, out = f"{s3_bucket}/matrices/m-local.zarr", f"{s3_bucket}/local/m.zarr"
+    write_matrix(A.astype(np.float32), {"rows": 64, "columns": 64, "slices": 40}, url, row_chunk=1024)
+    code, record, err = run_main(dssvd, capsys, "--matrix", url, "--local-out", out, "--tile", "8", "--stride", "8")
+    assert code == 0, err
+    group, attrs = open_local(out)
+    assert group["D"].shape == (3, 4096, 40) and attrs["engine"] == "spark" and attrs["band_rows"] == 16
+    assert np.isfinite(group["D"][...]).all() and float(np.abs(group["D"][1]).max()) > 0

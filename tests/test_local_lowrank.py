@@ -142,3 +142,23 @@ def test_local_numpy_publishes_the_group(tmp_path) -> None:
     assert set(record["summary"]["multipliers"]) == {"x0.5", "x1"} and record["timings"]["compute_total"] > 0
     with pytest.raises(FileNotFoundError, match="no local low-rank group"):
         open_local(str(tmp_path / "absent.zarr"))
+
+
+def test_a_failed_pass_publishes_nothing_and_leaves_no_work_folder(tmp_path) -> None:
+    from ctdenoise.decomposition import Timings
+
+    rows, columns = 8, 8
+    params = LocalParams(tile=4, stride=4)
+    attrs = llr.group_attrs(params, rows, columns, "m.zarr", (64, 5), chunk_rows=32)
+    dest = tmp_path / "local.zarr"
+    seen = {}
+
+    def failing(work: str):
+        seen["work"] = work
+        assert not dest.exists()  # being written: not at the destination yet
+        raise RuntimeError("executor lost")
+
+    with pytest.raises(RuntimeError, match="executor lost"):
+        llr.publish_bands(str(dest), failing, rows, columns, (64, 5), params, attrs, Timings())
+    assert not dest.exists() and not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+    assert seen["work"] != str(dest)

@@ -141,17 +141,19 @@ def _spectra_exact(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
 def denoise_tiles(X: np.ndarray, params: LocalParams, omega: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shrunk estimates of a stack of tile matrices.
 
-    ``X`` is ``(t, p, n)`` float64. Returns ``(estimates (n_mult, t, p, n), ranks (n_mult, t),
-    sigma (t,))``.
+    ``X`` is ``(t, p, n)``: float64 when the spectrum is computed exactly (small tiles, few
+    slices), else float32 (the randomized path's GEMMs run in float32). Returns ``(estimates
+    (n_mult, t, p, n), ranks (n_mult, t), sigma (t,))``.
     """
     t, p, n = X.shape
     d, N = min(p, n), max(p, n)
     beta = d / N
     width = params.max_rank + params.oversample
     mults = [float(m) for m in params.multipliers]
-    out = np.empty((len(mults), t, p, n))
+    exact = d <= width
+    out = np.empty((len(mults), t, p, n), dtype=np.float64 if exact else np.float32)
     ranks = np.empty((len(mults), t), dtype=np.int32)
-    if d <= width:
+    if exact:
         s, vec, right = _spectra_exact(X)
         sigma = np.sqrt(np.median(s * s, axis=1) / (N * mp_median(beta)))
         for i, m in enumerate(mults):
@@ -164,24 +166,28 @@ def denoise_tiles(X: np.ndarray, params: LocalParams, omega: np.ndarray | None =
             else:  # U diag(f) U^T X
                 out[i] = np.matmul(vec * f[:, None, :], np.matmul(vec.transpose(0, 2, 1), X))
         return out, ranks, sigma
-    # Randomized range finder, batched: Y = X Omega, q subspace iterations, B = Q^T X.
+    # Randomized range finder, batched: Y = X Omega, q subspace iterations, B = Q^T X. The GEMMs
+    # run in float32 (the data's precision; twice the speed); B is decomposed in float64, and the
+    # energies are float64 sums, so the tail energy (the noise estimate) keeps ~1e-7 of ||X||^2.
+    X32 = np.asarray(X, dtype=np.float32)
     if omega is None:
         omega = np.random.default_rng(params.seed).standard_normal((n, width))
-    Q, _ = np.linalg.qr(np.matmul(X, omega))
+    Q, _ = np.linalg.qr(np.matmul(X32, omega.astype(np.float32)))
     for _ in range(params.power_iters):
-        Z, _ = np.linalg.qr(np.matmul(X.transpose(0, 2, 1), Q))
-        Q, _ = np.linalg.qr(np.matmul(X, Z))
-    B = np.matmul(Q.transpose(0, 2, 1), X)
+        Z, _ = np.linalg.qr(np.matmul(X32.transpose(0, 2, 1), Q))
+        Q, _ = np.linalg.qr(np.matmul(X32, Z))
+    B = np.matmul(Q.transpose(0, 2, 1), X32).astype(np.float64)
     Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
-    total = np.einsum("tpn,tpn->t", X, X)
+    total = np.einsum("tpn,tpn->t", X, X, dtype=np.float64)
     tail = np.maximum(total - np.sum(s * s, axis=1), 0.0)
     share = _tail_energy_share(beta, (d - width) / d)
     sigma = np.sqrt(tail / (N * d * share)) if share > 0 else np.zeros(t)
-    QU = np.matmul(Q, Ub)
+    QU = np.matmul(Q, Ub.astype(np.float32))
+    Vt32 = Vt.astype(np.float32)
     for i, m in enumerate(mults):
         shrunk = shrink(s, m * sigma, N, beta, params.shrinkage)
         ranks[i] = np.count_nonzero(shrunk > 0, axis=1)
-        out[i] = np.matmul(QU * shrunk[:, None, :], Vt)
+        out[i] = np.matmul(QU * shrunk[:, None, :].astype(np.float32), Vt32)
     return out, ranks, sigma
 
 
@@ -213,12 +219,13 @@ def denoise_rows(
     col_starts = tile_starts(columns, params.tile, params.stride)
     n_mult = len(params.multipliers)
     height = row_stop - row_start
-    acc = np.zeros((n_mult, height, columns, n))
+    exact = min(tile_r * tile_c, n) <= params.max_rank + params.oversample
+    acc = np.zeros((n_mult, height, columns, n), dtype=np.float64 if exact else np.float32)
     wsum = np.zeros((n_mult, height, columns))
     omega = np.random.default_rng(params.seed).standard_normal((n, params.max_rank + params.oversample))
     stats = TileStats()
     for r0 in starts:
-        slab = np.asarray(vol[r0 - block_row_start : r0 - block_row_start + tile_r], dtype=np.float64)
+        slab = np.asarray(vol[r0 - block_row_start : r0 - block_row_start + tile_r], dtype=np.float64 if exact else np.float32)
         X = np.stack([slab[:, c0 : c0 + tile_c, :].reshape(tile_r * tile_c, n) for c0 in col_starts])
         est, ranks, sigma = denoise_tiles(X, params, omega)
         weights = 1.0 / (1.0 + ranks) if params.weights == "inverse_rank" else np.ones(ranks.shape)
@@ -226,47 +233,45 @@ def denoise_rows(
         est = est.reshape(n_mult, len(col_starts), tile_r, tile_c, n)[:, :, lo - r0 : hi - r0]
         for j, c0 in enumerate(col_starts):
             w = weights[:, j]
-            acc[:, lo - row_start : hi - row_start, c0 : c0 + tile_c] += w[:, None, None, None] * est[:, j]
+            acc[:, lo - row_start : hi - row_start, c0 : c0 + tile_c] += (w[:, None, None, None] * est[:, j]).astype(acc.dtype, copy=False)
             wsum[:, lo - row_start : hi - row_start, c0 : c0 + tile_c] += w[:, None, None]
         if row_start <= r0 < row_stop:
             for j, c0 in enumerate(col_starts):
                 stats.starts.append((r0, c0))
                 stats.sigma.append(float(sigma[j]))
                 stats.ranks.append([int(x) for x in ranks[:, j]])
-    D = (acc / wsum[..., None]).reshape(n_mult, height * columns, n).astype(np.float32)
+    D = (acc / wsum[..., None].astype(acc.dtype)).reshape(n_mult, height * columns, n).astype(np.float32)
     return D, stats
 
 
-def row_bands(rows: int, columns: int, chunk_rows: int) -> list[tuple[int, int]]:
-    """Image-row bands that end on matrix chunk boundaries where they can (one chunk's rows each).
-
-    A band of ``ceil(chunk_rows / columns)`` image rows: for 512 columns and chunks of 16384
-    matrix rows, 32 image rows, so each band fills exactly one chunk of ``D``.
-    """
-    return band_ranges(rows, max(1, math.ceil(chunk_rows / columns)))
-
-
 def partition_task(
-    matrix_url: str, rows: int, columns: int, params: dict[str, Any], index: int, items: Any
+    matrix_url: str, out_url: str, rows: int, columns: int, params: dict[str, Any], index: int, items: Any
 ) -> Any:
-    """What one Spark partition computes: ``(row_start, row_stop, D, stats)`` per band of its group.
+    """What one Spark partition does: denoise its bands and write them into the local group at
+    ``out_url`` (uncommitted, see :func:`publish_bands`); yields ``(row_start, row_stop, stats)``.
 
-    The partition reads the image rows its bands need (their tiles reach ``tile - stride``
-    rows into the neighbouring bands) once, then denoises band after band. Lives here, not in
-    the Spark job, so executors import it by name.
+    A partition's bands are contiguous: it reads the image rows they need (their tiles reach
+    ``tile - stride`` rows into the neighbouring groups) once and denoises the whole group in one
+    pass, so a tile is computed twice only at group edges. Each band is one chunk of ``D``, so
+    no two partitions write the same chunk. Lives here, not in the Spark job, so executors
+    import it by name; S3 access comes from the environment (``AWS_*``).
     """
     from ctdenoise.decomposition import read_row_blocks
+    from ctdenoise.matrix_store import write_local_band
 
     p = LocalParams.from_dict(params)
-    bands = [tuple(b) for group in items for b in group]
+    bands = sorted(tuple(b) for group in items for b in group)
     if not bands:
         return
-    needs = [rows_needed(a, b, rows, p.tile, p.stride) for a, b in bands]
-    first, last = min(x[1] for x in needs), max(x[2] for x in needs)
+    start, stop = bands[0][0], bands[-1][1]
+    if any(a != b for (_, a), (b, _) in zip(bands, bands[1:])):
+        raise ValueError(f"partition {index}: bands {bands} are not contiguous")
+    _, first, last = rows_needed(start, stop, rows, p.tile, p.stride)
     block = np.concatenate(list(read_row_blocks(matrix_url, [(first * columns, last * columns)])), axis=0)
-    for a, b in bands:
-        D, stats = denoise_rows(block, first, a, b, rows, columns, p)
-        yield a, b, D, stats
+    D, stats = denoise_rows(block, first, start, stop, rows, columns, p)
+    del block
+    write_local_band(out_url, start * columns, stop * columns, D)
+    yield start, stop, stats
 
 
 def band_ranges(rows: int, band_rows: int) -> list[tuple[int, int]]:
@@ -337,12 +342,16 @@ def summarize(ranks: np.ndarray, sigma: np.ndarray, params: LocalParams) -> dict
 # --------------------------------------------------------------------------------------------
 
 
-def group_attrs(params: LocalParams, rows: int, columns: int, matrix_url: str, shape: Sequence[int]) -> dict[str, Any]:
-    """The attributes of a local group (see ``ctdenoise.matrix_store``)."""
+def group_attrs(
+    params: LocalParams, rows: int, columns: int, matrix_url: str, shape: Sequence[int], chunk_rows: int
+) -> dict[str, Any]:
+    """The attributes of a local group (see ``ctdenoise.matrix_store``); ``band_rows`` image rows
+    make one band (one ``D`` chunk), about one chunk of the series matrix (``chunk_rows``)."""
     from ctdenoise import __version__
 
     return {
         "mode": "local",
+        "band_rows": max(1, math.ceil(chunk_rows / columns)),
         **params.as_dict(),
         "tile_row_starts": tile_starts(rows, params.tile, params.stride),
         "tile_col_starts": tile_starts(columns, params.tile, params.stride),
@@ -354,48 +363,45 @@ def group_attrs(params: LocalParams, rows: int, columns: int, matrix_url: str, s
 
 def publish_bands(
     dest_url: str,
-    bands: Any,
+    run_bands: Any,
     rows: int,
     columns: int,
     shape: Sequence[int],
     params: LocalParams,
     attrs: dict[str, Any],
     timings: Any,
-    chunk_rows: int,
     storage_options: Any = None,
 ) -> dict[str, Any]:
-    """Write ``(row_start, row_stop, D, stats)`` bands into a staged local group, publish it.
+    """Create the local group, let ``run_bands(work_url)`` fill ``D`` and return the band stats
+    (``(row_start, row_stop, TileStats)`` items), then commit it at ``dest_url`` atomically.
 
-    ``bands`` is consumed inside the ``local_pass`` stage of ``timings`` (a
-    :class:`ctdenoise.decomposition.Timings`): computing them (lazily, e.g. Spark's
-    ``toLocalIterator``) and writing them locally is the pass; the upload is ``write``.
-    Returns the summary record (URL, per-multiplier ranks, noise levels, timings).
+    ``run_bands`` is where the work happens (Spark executors or this process), inside the
+    ``local_pass`` stage of ``timings`` (a :class:`ctdenoise.decomposition.Timings`); the
+    bands write their rows directly into the uncommitted group
+    (:func:`ctdenoise.storage.open_publication`), so the denoised volume never passes through
+    the driver. Returns the summary record (URL, per-multiplier ranks, noise levels, timings).
     """
-    from pathlib import Path
-
     from ctdenoise import matrix_store, storage
     from ctdenoise.decomposition import NON_COMPUTE_STAGES
 
     m, n = (int(x) for x in shape)
     grid = (len(attrs["tile_row_starts"]), len(attrs["tile_col_starts"]))
-    with storage.staging_dir("ctdenoise-local-") as staged:
-        target = Path(staged) / "local.zarr"
-        group = matrix_store.create_local_group(target, (m, n), len(params.multipliers), grid, attrs, row_chunk=chunk_rows)
-        parts = []
+    band_rows = attrs["band_rows"]
+    work = storage.open_publication(dest_url, storage_options)
+    try:
+        matrix_store.create_local_group(work, (m, n), len(params.multipliers), grid, band_rows * columns, storage_options)
         with timings.stage("local_pass"):
-            D = group["D"]
-            for a, b, block, band_stats in bands:
-                D[:, a * columns : b * columns, :] = block
-                parts.append(band_stats)
+            parts = [band_stats for _, _, band_stats in run_bands(work)]
             ranks, sigma = stats_maps(merge_stats(parts), rows, columns, params)
-            group["tile_ranks"][...] = ranks
-            group["tile_sigma"][...] = sigma
         summary = summarize(ranks, sigma, params)
         stages = timings.as_dict()
         stages["compute_total"] = round(sum(v for k, v in timings.stages.items() if k not in NON_COMPUTE_STAGES), 6)
-        group.attrs.update({"timings": stages, "summary": summary})
         with timings.stage("write"):
-            storage.publish_dir(target, dest_url, storage_options)
+            matrix_store.commit_local_group(work, {**attrs, "timings": stages, "summary": summary}, ranks, sigma, storage_options)
+            storage.commit_publication(work, dest_url)
+    except BaseException:
+        storage.abandon_publication(work, dest_url, storage_options)
+        raise
     stages["write"] = round(timings.stages["write"], 6)
     return {"local": dest_url, "mode": "local", "summary": summary, "timings": stages, "matrix_shape": [m, n]}
 
@@ -416,18 +422,18 @@ def matrix_geometry(arr: Any, url: str) -> tuple[int, int]:
 def local_numpy(matrix_url: str, out_url: str, params: LocalParams, storage_options: Any = None) -> dict[str, Any]:
     """The local mode in one process (``ctdenoise local``, tests): same bands, same group as Spark."""
     from ctdenoise.decomposition import Timings
-    from ctdenoise.matrix_store import open_matrix
+    from ctdenoise.matrix_store import open_matrix, write_local_band
 
     params.validate(matrix_url)
     arr = open_matrix(matrix_url, storage_options)
     rows, columns = matrix_geometry(arr, matrix_url)
-    timings = Timings()
+    attrs = {**group_attrs(params, rows, columns, matrix_url, arr.shape, int(arr.chunks[0])), "engine": "numpy"}
 
-    def bands():
-        for a, b in row_bands(rows, columns, int(arr.chunks[0])):
+    def run_bands(work: str):
+        for a, b in band_ranges(rows, attrs["band_rows"]):
             _, first, last = rows_needed(a, b, rows, params.tile, params.stride)
             D, stats = denoise_rows(arr[first * columns : last * columns], first, a, b, rows, columns, params)
-            yield a, b, D, stats
+            write_local_band(work, a * columns, b * columns, D, storage_options)
+            yield a, b, stats
 
-    attrs = {**group_attrs(params, rows, columns, matrix_url, arr.shape), "engine": "numpy"}
-    return publish_bands(out_url, bands(), rows, columns, arr.shape, params, attrs, timings, int(arr.chunks[0]), storage_options)
+    return publish_bands(out_url, run_bands, rows, columns, arr.shape, params, attrs, Timings(), storage_options)

@@ -21,10 +21,10 @@ class LocalParams:
     """Parameters of the local low-rank mode (all with automatic, volume-independent defaults)."""
 
     tile: int = 16
-    stride: int = 4
+    stride: int = 8
     multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS
     shrinkage: str = "frobenius"
-    max_rank: int = 24
+    max_rank: int = 16
     oversample: int = 8
     power_iters: int = 1
     seed: int = 0

@@ -120,21 +120,42 @@ def read_svd(url: str, storage_options: Mapping[str, Any] | None = None) -> tupl
 
 
 def create_local_group(
-    target: Path,
+    url: str,
     shape: tuple[int, int],
     multipliers: int,
     tile_grid: tuple[int, int],
-    attrs: Mapping[str, Any],
-    row_chunk: int = ROW_CHUNK,
-):
-    """A new local group in a local staging folder ``target``; fill ``D`` band by band, then publish."""
+    band_matrix_rows: int,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """The arrays of a local group at ``url`` (a work location of
+    :func:`ctdenoise.storage.open_publication`), *without* the group's ``zarr.json``: the group
+    stays invisible until :func:`commit_local_group`. ``D`` is chunked by bands of
+    ``band_matrix_rows`` matrix rows, so that each writer (one band each) owns whole chunks."""
     m, n = shape
-    group = zarr.open_group(store=str(target), mode="w", zarr_format=3)
-    group.attrs.update(dict(attrs))
-    group.create_array("D", shape=(multipliers, m, n), chunks=(1, min(row_chunk, m), n), dtype="float32")
-    group.create_array("tile_ranks", shape=(multipliers, *tile_grid), dtype="int16", fill_value=0)
-    group.create_array("tile_sigma", shape=tile_grid, dtype="float32", fill_value=0.0)
-    return group
+    store = open_store(url, read_only=False, storage_options=storage_options)
+    zarr.create_array(store=store, name="D", shape=(multipliers, m, n), chunks=(1, min(band_matrix_rows, m), n), dtype="float32")
+    zarr.create_array(store=store, name="tile_ranks", shape=(multipliers, *tile_grid), dtype="int16", fill_value=0)
+    zarr.create_array(store=store, name="tile_sigma", shape=tile_grid, dtype="float32", fill_value=0.0)
+    fs, path = storage.get_fs(url, storage_options)
+    root = f"{path.rstrip('/')}/zarr.json"
+    if fs.exists(root):  # zarr writes the parent group's metadata with the first array
+        fs.rm(root)
+
+
+def write_local_band(url: str, row_start: int, row_stop: int, D: np.ndarray, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write matrix rows ``[row_start, row_stop)`` of ``D`` (all multipliers) into an uncommitted local group."""
+    store = open_store(url, read_only=False, storage_options=storage_options)
+    zarr.open_array(store=store, path="D", mode="r+")[:, row_start:row_stop, :] = D
+
+
+def commit_local_group(
+    url: str, attrs: Mapping[str, Any], ranks: np.ndarray, sigma: np.ndarray, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Write the per-tile maps, then the group's ``zarr.json`` with ``attrs``: the commit file."""
+    store = open_store(url, read_only=False, storage_options=storage_options)
+    zarr.open_array(store=store, path="tile_ranks", mode="r+")[...] = ranks
+    zarr.open_array(store=store, path="tile_sigma", mode="r+")[...] = sigma
+    zarr.create_group(store=store, attributes=dict(attrs))
 
 
 def open_local(url: str, storage_options: Mapping[str, Any] | None = None):

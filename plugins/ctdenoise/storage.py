@@ -140,6 +140,55 @@ def publish_dir(staged: Path, dest_url: str, storage_options: Mapping[str, Any] 
     return dest_url
 
 
+def open_publication(dest_url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Where several writers (Spark executors) build a store that :func:`commit_publication`
+    then makes visible at ``dest_url``.
+
+    Local: a hidden sibling folder, renamed over the destination at the commit. Remote: the
+    destination itself, after withdrawing the old commit files and removing the old objects;
+    nothing is visible there until the writer puts the commit file (``zarr.json``) last.
+    """
+    if is_local(dest_url):
+        dest = local_path(dest_url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        work = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+        work.mkdir()
+        return str(work)
+    fs, dest = get_fs(dest_url, storage_options)
+    dest = dest.rstrip("/")
+    if fs.exists(dest):
+        for marker in (ZARR_METADATA, SUCCESS_MARKER):
+            if fs.exists(f"{dest}/{marker}"):
+                fs.rm(f"{dest}/{marker}")
+        fs.rm(dest, recursive=True)
+    return dest_url
+
+
+def commit_publication(work_url: str, dest_url: str) -> None:
+    """Finish :func:`open_publication` once the commit file is in ``work_url`` (local: the rename)."""
+    if not is_local(dest_url) or work_url == dest_url:
+        return
+    dest, work = local_path(dest_url), local_path(work_url)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+    os.replace(work, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def abandon_publication(work_url: str, dest_url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Remove what a failed :func:`open_publication` writer left (never a committed store)."""
+    if is_local(dest_url):
+        if work_url != dest_url:
+            shutil.rmtree(local_path(work_url), ignore_errors=True)
+        return
+    fs, path = get_fs(work_url, storage_options)
+    if fs.exists(path) and not fs.exists(f"{path.rstrip('/')}/{ZARR_METADATA}"):
+        fs.rm(path, recursive=True)
+
+
 def _publish_local(staged: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Copy next to the destination first, so the final rename stays on one file system.
