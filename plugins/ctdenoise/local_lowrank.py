@@ -223,6 +223,7 @@ def denoise_rows(
     acc = np.zeros((n_mult, height, columns, n), dtype=np.float64 if exact else np.float32)
     wsum = np.zeros((n_mult, height, columns))
     omega = np.random.default_rng(params.seed).standard_normal((n, params.max_rank + params.oversample))
+    classes = _disjoint_classes(col_starts, tile_c)
     stats = TileStats()
     for r0 in starts:
         slab = np.asarray(vol[r0 - block_row_start : r0 - block_row_start + tile_r], dtype=np.float64 if exact else np.float32)
@@ -231,10 +232,15 @@ def denoise_rows(
         weights = 1.0 / (1.0 + ranks) if params.weights == "inverse_rank" else np.ones(ranks.shape)
         lo, hi = max(r0, row_start), min(r0 + tile_r, row_stop)
         est = est.reshape(n_mult, len(col_starts), tile_r, tile_c, n)[:, :, lo - r0 : hi - r0]
-        for j, c0 in enumerate(col_starts):
-            w = weights[:, j]
-            acc[:, lo - row_start : hi - row_start, c0 : c0 + tile_c] += (w[:, None, None, None] * est[:, j]).astype(acc.dtype, copy=False)
-            wsum[:, lo - row_start : hi - row_start, c0 : c0 + tile_c] += w[:, None, None]
+        est *= weights.astype(est.dtype)[:, :, None, None, None]
+        rs = slice(lo - row_start, hi - row_start)
+        for members, c_first in classes:  # adjacent, non-overlapping tiles: one add per class
+            k = len(members)
+            sel = slice(members[0], members[-1] + 1, members[1] - members[0] if k > 1 else 1)
+            view = acc[:, rs, c_first : c_first + k * tile_c].reshape(n_mult, hi - lo, k, tile_c, n)
+            view += est[:, sel].transpose(0, 2, 1, 3, 4)
+            wview = wsum[:, rs, c_first : c_first + k * tile_c].reshape(n_mult, hi - lo, k, tile_c)
+            wview += weights[:, sel][:, None, :, None]
         if row_start <= r0 < row_stop:
             for j, c0 in enumerate(col_starts):
                 stats.starts.append((r0, c0))
@@ -272,6 +278,28 @@ def partition_task(
     del block
     write_local_band(out_url, start * columns, stop * columns, D)
     yield start, stop, stats
+
+
+def _disjoint_classes(starts: Sequence[int], tile: int) -> list[tuple[list[int], int]]:
+    """Tiles grouped into runs of adjacent, non-overlapping tiles: ``[(tile indices, first column)]``.
+
+    The tiles of a run have evenly spaced indices and follow each other without a gap
+    (``start[j + 1] = start[j] + tile``), so a run is one strided view of the accumulator and
+    overlapping tiles are added with a few vectorized adds per tile row instead of one per
+    tile. With a stride that divides the tile size there are ``tile / stride`` runs, plus short
+    ones for the tile flush with the edge.
+    """
+    runs: list[list[int]] = []
+    for j, c0 in enumerate(starts):
+        for run in runs:
+            last = run[-1]
+            step = (run[1] - run[0]) if len(run) > 1 else j - last
+            if starts[last] + tile == c0 and j - last == step:
+                run.append(j)
+                break
+        else:
+            runs.append([j])
+    return [(run, starts[run[0]]) for run in runs]
 
 
 def band_ranges(rows: int, band_rows: int) -> list[tuple[int, int]]:
