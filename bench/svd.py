@@ -202,44 +202,36 @@ def mllib(matrix_url: str, k: int) -> dict[str, Any]:
     return {"seconds": seconds, "load_seconds": load, "s": s[:k].tolist()}
 
 
-def this_job_local(matrix_url: str, workdir: Path) -> dict[str, Any]:
-    """spark-submit spark/dssvd.py --local-out on local[2] with the default local parameters."""
+def _submit_job(*job_args: str) -> tuple[dict[str, Any], float]:
+    """spark-submit spark/dssvd.py on local[2] (Java 17, loopback, the package on the path);
+    returns the job's JSON record and the wall time of the whole spark-submit."""
     env = dict(os.environ)
     env.setdefault("JAVA_HOME", JAVA_HOME)
     env.update(SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "plugins"), env.get("PYTHONPATH", "")) if p)
     submit = Path(sys.executable).parent / "spark-submit"
-    out = workdir / "job_local.zarr"
-    cmd = [str(submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false", str(REPO / "spark" / "dssvd.py"),
-           "--matrix", matrix_url, "--local-out", str(out)]  # fmt: skip
+    cmd = [str(submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false", str(REPO / "spark" / "dssvd.py"), *job_args]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"spark-submit failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    record = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1]), wall
+
+
+def this_job_local(matrix_url: str, workdir: Path) -> dict[str, Any]:
+    """This job in local mode (``--local-out``) with the default local parameters."""
+    record, wall = _submit_job("--matrix", matrix_url, "--local-out", str(workdir / "job_local.zarr"))
     return {"seconds": record["timings"]["compute_total"], "wall": wall, "timings": record["timings"],
             "summary": record["summary"], "s": None}  # fmt: skip
 
 
 def this_job(matrix_url: str, k: int, method: str, workdir: Path) -> dict[str, Any]:
-    """spark-submit spark/dssvd.py on local[2]; the job's own timings and the whole wall time."""
-    env = dict(os.environ)
-    env.setdefault("JAVA_HOME", JAVA_HOME)
-    env.update(SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "plugins"), env.get("PYTHONPATH", "")) if p)
-    submit = Path(sys.executable).parent / "spark-submit"
-    out = workdir / f"job_{method}_{k}.zarr"
-    cmd = [str(submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false", str(REPO / "spark" / "dssvd.py"),
-           "--matrix", matrix_url, "--out", str(out), "--rank", str(k), "--method", method]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"spark-submit failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    record = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    """This job's global SVD; its own timings and the whole wall time."""
     from ctdenoise.matrix_store import read_svd
 
+    out = workdir / f"job_{method}_{k}.zarr"
+    record, wall = _submit_job("--matrix", matrix_url, "--out", str(out), "--rank", str(k), "--method", method)
     s = read_svd(str(out))[0]
     return {"seconds": record["timings"]["compute_total"], "wall": wall, "timings": record["timings"],
             "method": record["method"], "s": s[:k].tolist()}

@@ -168,14 +168,7 @@ def commit_publication(work_url: str, dest_url: str) -> None:
     """Finish :func:`open_publication` once the commit file is in ``work_url`` (local: the rename)."""
     if not is_local(dest_url) or work_url == dest_url:
         return
-    dest, work = local_path(dest_url), local_path(work_url)
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dest, old)
-    os.replace(work, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    _replace_local(local_path(work_url), local_path(dest_url))
 
 
 def abandon_publication(work_url: str, dest_url: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -198,11 +191,16 @@ def _publish_local(staged: Path, dest: Path) -> None:
     except BaseException:
         shutil.rmtree(sibling, ignore_errors=True)
         raise
+    _replace_local(sibling, dest)
+
+
+def _replace_local(ready: Path, dest: Path) -> None:
+    """Rename the complete folder ``ready`` (beside ``dest``) over ``dest``, old one removed after."""
     old = None
     if dest.exists():
         old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(dest, old)
-    os.replace(sibling, dest)
+    os.replace(ready, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
