@@ -68,8 +68,9 @@ def test_shrinkers() -> None:
 @pytest.mark.parametrize("randomized", [False, True])
 def test_noise_level_of_pure_noise_tiles_is_estimated_and_removed(randomized: bool) -> None:
     rng = np.random.default_rng(3)
-    X = 20.0 * rng.standard_normal((30, 64, 48 if randomized else 24))
-    params = LocalParams(tile=8, stride=8, max_rank=8 if randomized else 24, oversample=4)
+    X = 20.0 * rng.standard_normal((30, 144, 96 if randomized else 24))
+    params = LocalParams(tile=12, stride=12, max_rank=8, oversample=4)
+    assert llr.uses_exact_spectrum(144, X.shape[2], params) is not randomized
     est, ranks, sigma = llr.denoise_tiles(X, params)
     assert np.median(sigma) == pytest.approx(20.0, rel=0.1)
     i = params.multipliers.index(1.0)
@@ -79,11 +80,11 @@ def test_noise_level_of_pure_noise_tiles_is_estimated_and_removed(randomized: bo
 
 def test_randomized_path_agrees_with_the_exact_one_on_low_rank_tiles() -> None:
     rng = np.random.default_rng(5)
-    t, p, n, r = 20, 64, 48, 3
+    t, p, n, r = 20, 144, 96, 3
     signal = np.matmul(rng.standard_normal((t, p, r)) * 50, rng.standard_normal((t, r, n)))
     X = signal + 5.0 * rng.standard_normal((t, p, n))
-    exact, ranks_e, _ = llr.denoise_tiles(X, LocalParams(tile=8, max_rank=64, oversample=0))
-    approx, ranks_r, _ = llr.denoise_tiles(X, LocalParams(tile=8, max_rank=12, oversample=4, power_iters=2))
+    exact, ranks_e, _ = llr.denoise_tiles(X, LocalParams(tile=12, max_rank=96, oversample=0))
+    approx, ranks_r, _ = llr.denoise_tiles(X, LocalParams(tile=12, max_rank=12, oversample=4, power_iters=2))
     i = LocalParams().multipliers.index(1.0)
     assert (ranks_e[i] == r).all() and (ranks_r[i] == r).all()
     err = np.linalg.norm(approx[i] - exact[i]) / np.linalg.norm(exact[i])

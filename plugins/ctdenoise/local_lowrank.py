@@ -11,7 +11,8 @@ independent, thousands of small SVDs, which is what a cluster distributes well.
 Per tile (``p = tile**2`` rows, ``n`` columns, ``N = max(p, n)``, ``beta = min(p, n) / N``):
 
 1. singular values ``s`` of ``X``: exactly (a batched Gram eigendecomposition on the small
-   side) when ``min(p, n) <= max_rank + oversample``, else a randomized range finder of width
+   side) when ``min(p, n) <= max(EXACT_MAX_SIDE, max_rank + oversample)`` (tiles through a few
+   dozen slices: the small Gram matrix is cheap), else a randomized range finder of width
    ``l = max_rank + oversample`` with ``power_iters`` subspace iterations (Halko et al., the
    same algorithm as the global stochastic SVD, batched over tiles);
 2. noise level ``sigma`` of the tile, from the data: with the full spectrum, the median
@@ -128,6 +129,14 @@ class TileStats:
     ranks: list[list[int]] = field(default_factory=list)  # per tile, one rank per multiplier
 
 
+EXACT_MAX_SIDE = 64  # a 64 x 64 Gram eigendecomposition per tile costs less than the range finder
+
+
+def uses_exact_spectrum(p: int, n: int, params: LocalParams) -> bool:
+    """Whether tiles of ``p`` pixels x ``n`` slices get their full spectrum (exact Gram path)."""
+    return min(p, n) <= max(EXACT_MAX_SIDE, params.max_rank + params.oversample)
+
+
 def _spectra_exact(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     """``(s descending (t, d), vectors of the small side, vectors_are_right)`` from batched Gram eigh."""
     t, p, n = X.shape
@@ -150,7 +159,7 @@ def denoise_tiles(X: np.ndarray, params: LocalParams, omega: np.ndarray | None =
     beta = d / N
     width = params.max_rank + params.oversample
     mults = [float(m) for m in params.multipliers]
-    exact = d <= width
+    exact = uses_exact_spectrum(p, n, params)
     out = np.empty((len(mults), t, p, n), dtype=np.float64 if exact else np.float32)
     ranks = np.empty((len(mults), t), dtype=np.int32)
     if exact:
@@ -219,7 +228,7 @@ def denoise_rows(
     col_starts = tile_starts(columns, params.tile, params.stride)
     n_mult = len(params.multipliers)
     height = row_stop - row_start
-    exact = min(tile_r * tile_c, n) <= params.max_rank + params.oversample
+    exact = uses_exact_spectrum(tile_r * tile_c, n, params)
     acc = np.zeros((n_mult, height, columns, n), dtype=np.float64 if exact else np.float32)
     wsum = np.zeros((n_mult, height, columns))
     omega = np.random.default_rng(params.seed).standard_normal((n, params.max_rank + params.oversample))
