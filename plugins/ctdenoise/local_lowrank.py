@@ -247,6 +247,8 @@ def denoise_rows(
             k = len(members)
             sel = slice(members[0], members[-1] + 1, members[1] - members[0] if k > 1 else 1)
             view = acc[:, rs, c_first : c_first + k * tile_c].reshape(n_mult, hi - lo, k, tile_c, n)
+            if not np.may_share_memory(view, acc):  # splitting one sliced axis is always a view
+                raise RuntimeError("accumulator reshape copied: the tiles would be lost")
             view += est[:, sel].transpose(0, 2, 1, 3, 4)
             wview = wsum[:, rs, c_first : c_first + k * tile_c].reshape(n_mult, hi - lo, k, tile_c)
             wview += weights[:, sel][:, None, :, None]
