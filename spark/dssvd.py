@@ -85,16 +85,20 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    _ensure_package()
+    from ctdenoise.local_params import LocalParams
+
+    local_defaults = LocalParams()
     parser = argparse.ArgumentParser(prog="dssvd.py", description="Distributed truncated SVD of a series matrix (Spark).")
     parser.add_argument("--matrix", required=True, help="series matrix (Zarr URL: path, file://, s3://)")
     parser.add_argument("--out", help="global mode: where to publish the SVD group (Zarr URL)")
     parser.add_argument("--rank", type=int, help="global mode: number of singular triplets k")
     parser.add_argument("--local-out", help="local mode: where to publish the local low-rank group (Zarr URL)")
-    parser.add_argument("--tile", type=int, default=LOCAL_DEFAULTS.tile, help="local mode: tile size in pixels")
-    parser.add_argument("--stride", type=int, default=LOCAL_DEFAULTS.stride, help="local mode: tile stride in pixels")
-    parser.add_argument("--multipliers", type=_floats, default=LOCAL_DEFAULTS.multipliers,
+    parser.add_argument("--tile", type=int, default=local_defaults.tile, help="local mode: tile size in pixels")
+    parser.add_argument("--stride", type=int, default=local_defaults.stride, help="local mode: tile stride in pixels")
+    parser.add_argument("--multipliers", type=_floats, default=local_defaults.multipliers,
                         help="local mode: threshold multipliers, comma-separated (1 = the optimal threshold)")
-    parser.add_argument("--shrinkage", choices=["frobenius", "hard"], default=LOCAL_DEFAULTS.shrinkage,
+    parser.add_argument("--shrinkage", choices=["frobenius", "hard"], default=local_defaults.shrinkage,
                         help="local mode: optimal shrinkage for Frobenius loss, or the optimal hard threshold")
     parser.add_argument("--oversample", type=int, default=15, help="oversampling p (stochastic)")
     parser.add_argument("--power-iters", type=int, default=2, help="power iterations q (stochastic)")
@@ -104,19 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--partitions", type=int, default=None, help="row-block partitions (default: from cores and size)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
-
-
-class _LocalDefaults:
-    """``ctdenoise.local_lowrank.LocalParams()`` defaults, imported when the parser is built."""
-
-    def __getattr__(self, name: str) -> Any:
-        _ensure_package()
-        from ctdenoise.local_lowrank import LocalParams
-
-        return getattr(LocalParams(), name)
-
-
-LOCAL_DEFAULTS = _LocalDefaults()
 
 
 class SparkRunner:

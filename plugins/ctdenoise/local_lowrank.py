@@ -65,16 +65,10 @@ from ctdenoise.local_params import DEFAULT_MULTIPLIERS, SHRINKAGES, LocalParams,
 
 @functools.lru_cache(maxsize=64)
 def mp_median(beta: float) -> float:
-    """Median of the Marchenko-Pastur law with ratio ``beta`` (eigenvalues of ``X^T X / N``, unit noise)."""
-    a, b = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
-    theta = np.linspace(0.0, math.pi, 8193)
-    lam = a + (b - a) * (1 - np.cos(theta)) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dens = np.where(lam > 0, ((b - a) / 2) ** 2 * np.sin(theta) ** 2 / (2 * math.pi * beta * lam), 0.0)
-    step = theta[1] - theta[0]
-    cdf = np.concatenate([[0.0], np.cumsum((dens[1:] + dens[:-1]) / 2 * step)])
-    cdf /= cdf[-1]
-    return float(np.interp(0.5, cdf, lam))
+    """Median of the Marchenko-Pastur law (:func:`ctdenoise.ranks.mp_median`), cached per ratio."""
+    from ctdenoise.ranks import mp_median as median
+
+    return median(beta)
 
 
 @functools.lru_cache(maxsize=64)

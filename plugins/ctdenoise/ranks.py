@@ -76,18 +76,14 @@ def lambda_star(beta: float) -> float:
     return math.sqrt(2.0 * (beta + 1.0) + 8.0 * beta / (beta + 1.0 + math.sqrt(beta * beta + 14.0 * beta + 1.0)))
 
 
-def mp_bottom_energy(beta: float, fraction: float, points: int = 4097) -> float:
-    """Expected energy share of the smallest ``fraction`` of a Marchenko-Pastur spectrum.
+def mp_cdf(beta: float, points: int = 4097) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lam, F(lam), energy share below lam)`` of the Marchenko-Pastur law on a grid.
 
     Eigenvalues ``lam = s^2 / (max(m, n) sigma^2)`` of pure noise follow the Marchenko-Pastur
-    law with ratio ``beta`` on ``[(1 - sqrt(beta))^2, (1 + sqrt(beta))^2]`` (mean 1). Returns
-    ``E[lam; lam <= q]`` with ``F(q) = fraction``: the bottom values' share of ``min(m, n)``
-    (so 1.0 for ``fraction = 1``).
+    law with ratio ``beta`` on ``[(1 - sqrt(beta))^2, (1 + sqrt(beta))^2]`` (mean 1). The grid
+    is ``lam(theta)`` with ``theta`` uniform in ``[0, pi]`` (dense near the edges, where the
+    density has its square-root behaviour); both curves are trapezoid integrals normalized to 1.
     """
-    if fraction <= 0.0:
-        return 0.0
-    if fraction >= 1.0:
-        return 1.0
     a, b = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
     theta = np.linspace(0.0, math.pi, points)
     lam = a + (b - a) * (1 - np.cos(theta)) / 2
@@ -99,9 +95,27 @@ def mp_bottom_energy(beta: float, fraction: float, points: int = 4097) -> float:
     step = theta[1] - theta[0]
     cdf = np.concatenate([[0.0], np.cumsum((dens[1:] + dens[:-1]) / 2 * step)])
     energy = np.concatenate([[0.0], np.cumsum((dens[1:] * lam[1:] + dens[:-1] * lam[:-1]) / 2 * step)])
-    cdf /= cdf[-1]
-    energy /= energy[-1]
+    return lam, cdf / cdf[-1], energy / energy[-1]
+
+
+def mp_bottom_energy(beta: float, fraction: float, points: int = 4097) -> float:
+    """Expected energy share of the smallest ``fraction`` of a Marchenko-Pastur spectrum.
+
+    Returns ``E[lam; lam <= q]`` with ``F(q) = fraction`` (:func:`mp_cdf`): the bottom values'
+    share of ``min(m, n)`` (so 1.0 for ``fraction = 1``).
+    """
+    if fraction <= 0.0:
+        return 0.0
+    if fraction >= 1.0:
+        return 1.0
+    _, cdf, energy = mp_cdf(beta, points)
     return float(np.interp(fraction, cdf, energy))
+
+
+def mp_median(beta: float, points: int = 8193) -> float:
+    """Median of the Marchenko-Pastur law with ratio ``beta`` (Gavish and Donoho's ``mu_beta``)."""
+    lam, cdf, _ = mp_cdf(beta, points)
+    return float(np.interp(0.5, cdf, lam))
 
 
 def _shape(shape: Sequence[int]) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ctdenoise.errors import ParameterError
+from ctdenoise.local_params import LocalParams
 
 #: ``spark/sparkapplication.yaml`` of the source tree (the package lives in ``<repo>/plugins``);
 #: ``CTDENOISE_SPARK_TEMPLATE`` overrides it (e.g. in an image that installs the package elsewhere).
@@ -40,10 +41,10 @@ DEFAULTS: dict[str, Any] = {
     "out_url": None,
     "rank": None,
     "local_out_url": None,
-    "tile": 16,
-    "stride": 8,
-    "multipliers": [0.5, 1.0, 1.5],
-    "shrinkage": "frobenius",
+    "tile": LocalParams().tile,
+    "stride": LocalParams().stride,
+    "multipliers": list(LocalParams().multipliers),
+    "shrinkage": LocalParams().shrinkage,
     "driver_cores": 1,
     "driver_memory": "2g",
     "executor_cores": 2,
