@@ -315,8 +315,10 @@ def _wait_until(condition: Callable[[], bool], timeout: float, alive: Callable[[
     return False
 
 
-def _upload_slowly(stack: Stack, series: Series, date: str, sensor_poked: Callable[[], bool]) -> list[Upload]:
-    """PUT the slices of a series one by one, ``UPLOAD_INTERVAL_SECONDS`` apart; their times.
+def _upload_slowly(
+    stack: Stack, series: Series, date: str, sensor_poked: Callable[[], bool], which: slice = slice(None)
+) -> list[Upload]:
+    """PUT the slices ``which`` of a series one by one, ``UPLOAD_INTERVAL_SECONDS`` apart; their times.
 
     The last ``HELD_BACK`` slices also wait (up to ``HOLD_SECONDS`` each, well below the settle
     time, so that the folder never looks settled) until the sensor has poked once: it then sees
@@ -332,11 +334,13 @@ def _upload_slowly(stack: Stack, series: Series, date: str, sensor_poked: Callab
         region_name=devenv.REGION,
     )
     uploads: list[Upload] = []
-    files = series.dicom_files()
-    for i, path in enumerate(files):
-        if i:
+    every = series.dicom_files()
+    files = every[which]
+    first = every.index(files[0])
+    for i, path in enumerate(files, start=first):
+        if i > first:
             time.sleep(UPLOAD_INTERVAL_SECONDS)
-            if len(files) - i <= HELD_BACK:
+            if len(every) - i <= HELD_BACK:
                 deadline = time.monotonic() + HOLD_SECONDS - UPLOAD_INTERVAL_SECONDS
                 while not sensor_poked() and time.monotonic() < deadline:
                     time.sleep(0.25)
@@ -348,10 +352,13 @@ def _upload_slowly(stack: Stack, series: Series, date: str, sensor_poked: Callab
 
 @pytest.fixture(scope="module")
 def run_d1(stack: Stack, sources: dict[str, Series]) -> FirstRun:
-    """Run 1. ``series-b`` is uploaded from the moment ``wait_for_scans`` starts (it finds
-    ``series-a``), so that ``wait_for_settled_upload`` pokes while series-b is half there."""
+    """Run 1. ``series-b``'s first slice is there before the run, the others are uploaded from
+    the moment ``wait_for_scans`` starts (it finds ``series-a``), so that every poke of
+    ``wait_for_settled_upload`` finds series-b there but incomplete until the last slice (a
+    first poke racing the first PUT would see no series-b at all)."""
     for folder in (GOOD, DUPLICATE, TRUNCATED):
         stack.upload(sources[folder], D1)
+    head = _upload_slowly(stack, sources[SLOW], D1, lambda: False, which=slice(0, 1))
     extra = {"CT_DENOISE_SETTLE_SECONDS": str(SETTLE_SECONDS), "CT_DENOISE_POKE_INTERVAL_SECONDS": str(POKE_SECONDS)}
     box: dict[str, Any] = {}
 
@@ -372,7 +379,7 @@ def run_d1(stack: Stack, sources: dict[str, Series]) -> FirstRun:
     thread.start()
     started = ("running", "deferred", "up_for_reschedule", "success")
     _wait_until(lambda: stack.running_state(D1, "wait_for_scans") in started, timeout=300, alive=thread.is_alive)
-    uploads = _upload_slowly(stack, sources[SLOW], D1, sensor_poked)
+    uploads = head + _upload_slowly(stack, sources[SLOW], D1, sensor_poked, which=slice(1, None))
     thread.join(timeout=900)
     assert not thread.is_alive(), "airflow dags test did not end"
     if "error" in box:
