@@ -86,7 +86,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     _ensure_package()
-    from ctdenoise.local_params import LocalParams
+    from ctdenoise.local_params import SHRINKAGES, LocalParams
 
     local_defaults = LocalParams()
     parser = argparse.ArgumentParser(prog="dssvd.py", description="Distributed truncated SVD of a series matrix (Spark).")
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stride", type=int, default=local_defaults.stride, help="local mode: tile stride in pixels")
     parser.add_argument("--multipliers", type=_floats, default=local_defaults.multipliers,
                         help="local mode: threshold multipliers, comma-separated (1 = the optimal threshold)")
-    parser.add_argument("--shrinkage", choices=["frobenius", "hard"], default=local_defaults.shrinkage,
+    parser.add_argument("--shrinkage", choices=SHRINKAGES, default=local_defaults.shrinkage,
                         help="local mode: optimal shrinkage for Frobenius loss, or the optimal hard threshold")
     parser.add_argument("--oversample", type=int, default=15, help="oversampling p (stochastic)")
     parser.add_argument("--power-iters", type=int, default=2, help="power iterations q (stochastic)")

@@ -169,10 +169,18 @@ def test_both_methods_match_numpy(spark, dssvd, matrix, tmp_path, capsys, method
     np.testing.assert_allclose(np.abs(V[:, :8].T @ V_local[:, :8]), np.eye(8), atol=1e-6)
 
 
-def test_executors_read_and_the_driver_publishes_on_s3(spark, dssvd, matrix, s3_bucket, capsys):
+@pytest.fixture(scope="module")
+def s3_matrix(matrix, s3_bucket) -> str:
+    """The test matrix published on the moto S3 server (read by executors through s3fs)."""
     _, A = matrix
-    url, out = f"{s3_bucket}/matrices/m.zarr", f"{s3_bucket}/svd/m.zarr"
+    url = f"{s3_bucket}/matrices/m.zarr"
     write_matrix(A.astype(np.float32), {"rows": 64, "columns": 64, "slices": 40}, url, row_chunk=1024)
+    return url
+
+
+def test_executors_read_and_the_driver_publishes_on_s3(spark, dssvd, matrix, s3_matrix, s3_bucket, capsys):
+    _, A = matrix
+    url, out = s3_matrix, f"{s3_bucket}/svd/m.zarr"
     code, record, err = run_main(dssvd, capsys, "--matrix", url, "--out", out, "--rank", "4", "--method", "stochastic")
     assert code == 0, err
     s, V, attrs = read_svd(out)
@@ -310,12 +318,10 @@ def test_local_mode_alone_and_its_bad_parameters(spark, dssvd, matrix, tmp_path,
     assert set(record["summary"]["multipliers"]) == {"x0.5", "x1", "x1.5"}
 
 
-def test_local_mode_executors_write_to_s3_and_the_driver_commits(spark, dssvd, matrix, s3_bucket, capsys):
+def test_local_mode_executors_write_to_s3_and_the_driver_commits(spark, dssvd, s3_matrix, s3_bucket, capsys):
     from ctdenoise.matrix_store import open_local
 
-    _, A = matrix
-    url, out = f"{s3_bucket}/matrices/m-local.zarr", f"{s3_bucket}/local/m.zarr"
-    write_matrix(A.astype(np.float32), {"rows": 64, "columns": 64, "slices": 40}, url, row_chunk=1024)
+    url, out = s3_matrix, f"{s3_bucket}/local/m.zarr"
     code, record, err = run_main(dssvd, capsys, "--matrix", url, "--local-out", out, "--tile", "8", "--stride", "8")
     assert code == 0, err
     group, attrs = open_local(out)

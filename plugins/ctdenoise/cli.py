@@ -58,7 +58,8 @@ def cmd_svd(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from ctdenoise.local_lowrank import LocalParams, local_numpy
+    from ctdenoise.local_lowrank import local_numpy
+    from ctdenoise.local_params import LocalParams
 
     params = LocalParams(tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage, seed=args.seed)
     _emit(local_numpy(args.matrix, args.out, params))
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_svd)
 
-    from ctdenoise.local_lowrank import LocalParams
+    from ctdenoise.local_params import SHRINKAGES, LocalParams
 
     defaults = LocalParams()
     p = sub.add_parser("local", help="single-machine local low-rank denoising (Spark job: spark/dssvd.py --local-out)")
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=defaults.tile, help="tile size (pixels)")
     p.add_argument("--stride", type=int, default=defaults.stride, help="tile stride (pixels)")
     p.add_argument("--multipliers", type=_floats, default=defaults.multipliers, help="threshold multipliers, e.g. 0.5,1,1.5")
-    p.add_argument("--shrinkage", choices=["frobenius", "hard"], default=defaults.shrinkage)
+    p.add_argument("--shrinkage", choices=SHRINKAGES, default=defaults.shrinkage)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_local)
 

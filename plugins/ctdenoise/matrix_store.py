@@ -111,8 +111,8 @@ def read_svd(url: str, storage_options: Mapping[str, Any] | None = None) -> tupl
 # Local low-rank group (written by ``spark/dssvd.py --local-out``; see ctdenoise.local_lowrank)
 #
 # A Zarr v3 group with ``D`` (multipliers, rows*columns, slices) float32, the denoised series
-# matrix for each threshold multiplier (chunked like the series matrix, one multiplier per
-# chunk), ``tile_ranks`` (multipliers, tile rows, tile columns) int16, the components each tile
+# matrix for each threshold multiplier (chunked by bands of whole image rows, about one
+# series-matrix chunk each, one multiplier per chunk, so each writer owns whole chunks), ``tile_ranks`` (multipliers, tile rows, tile columns) int16, the components each tile
 # kept, and ``tile_sigma`` (tile rows, tile columns) float32, the noise level (HU) estimated per
 # tile. Attributes: ``mode`` = "local", the parameters (``tile``, ``stride``, ``multipliers``,
 # ``shrinkage``, ...), ``tile_row_starts``/``tile_col_starts``, ``matrix_url``,

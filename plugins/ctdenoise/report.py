@@ -449,6 +449,25 @@ def _tiles(hu: np.ndarray, diff: np.ndarray | None, shape: tuple[int, int]) -> l
     return [tile(hu, *soft), tile(hu, *lung), None if diff is None else tile(diff, *difference)]
 
 
+def _metric_row(
+    name: Any, rules: str, ok: bool, css: str, mt: Mapping[str, Any], energy: Any, output_url: str | None, series_url: str
+) -> dict[str, Any]:
+    """One row of the metrics table (a global rank or a local multiplier)."""
+    return {
+        "rank": name,
+        "rules": rules,
+        "status": "ok" if ok else "failed",
+        "css": css,
+        "energy": _percent(energy),
+        "noise": _before_after(mt, "noise_std_hu", 3) if ok else "—",
+        "psnr": _before_after(mt, "psnr_db", 4) if ok else "—",
+        "ssim": _before_after(mt, "ssim", 4) if ok else "—",
+        "seconds": _seconds(mt.get("seconds")),
+        "output": _relative(output_url, series_url),
+        "output_url": output_url or "",
+    }
+
+
 def _row_css(entry: RankEntry) -> str:
     return "auto" if entry.is_auto else ("failed" if not entry.ok else "")
 
@@ -600,19 +619,7 @@ def write_report(
                 col = columns_local[multipliers.index(mult)]
                 local_rows.append({"label": label, "note": note, "css": css, "tiles": _tiles(col, original - col, shape)})
             local_metric_rows.append(
-                {
-                    "rank": label.lower(),
-                    "rules": note,
-                    "status": "ok" if ok else "failed",
-                    "css": css,
-                    "energy": _percent(mt.get("retained_energy")),
-                    "noise": _before_after(mt, "noise_std_hu", 3) if ok else "—",
-                    "psnr": _before_after(mt, "psnr_db", 4) if ok else "—",
-                    "ssim": _before_after(mt, "ssim", 4) if ok else "—",
-                    "seconds": _seconds(mt.get("seconds")),
-                    "output": _relative(item.get("output_url"), series_url),
-                    "output_url": item.get("output_url") or "",
-                }
+                _metric_row(label.lower(), note, ok, css, mt, mt.get("retained_energy"), item.get("output_url"), series_url)
             )
             local_summary.append({"multiplier": mult, "status": "ok" if ok else "failed", "output_url": item.get("output_url"),
                                   "detail": item.get("detail"), "metrics": item.get("metrics")})  # fmt: skip
@@ -691,21 +698,9 @@ def write_report(
     metric_rows = []
     for e, item in zip(entries, summary["ranks"]):
         mt = e.metrics or {}
-        metric_rows.append(
-            {
-                "rank": e.rank,
-                "rules": ", ".join(e.rule_labels) or "—",
-                "status": item["status"],
-                "css": _row_css(e),
-                "energy": _percent(mt.get("retained_energy", item["retained_energy"])),
-                "noise": _before_after(mt, "noise_std_hu", 3) if e.ok else "—",
-                "psnr": _before_after(mt, "psnr_db", 4) if e.ok else "—",
-                "ssim": _before_after(mt, "ssim", 4) if e.ok else "—",
-                "seconds": _seconds(mt.get("seconds")),
-                "output": _relative(e.output_url, series_url),
-                "output_url": e.output_url or "",
-            }
-        )
+        energy = mt.get("retained_energy", item["retained_energy"])
+        rules = ", ".join(e.rule_labels) or "—"
+        metric_rows.append(_metric_row(e.rank, rules, e.ok, _row_css(e), mt, energy, e.output_url, series_url))
 
     metric_rows += local_metric_rows
     gd = auto.auto_rule if auto is not None else {}

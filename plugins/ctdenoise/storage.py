@@ -127,12 +127,7 @@ def publish_dir(staged: Path, dest_url: str, storage_options: Mapping[str, Any] 
     fs, dest = get_fs(dest_url, storage_options)
     dest = dest.rstrip("/")
     commit = _commit_files(staged)
-    if fs.exists(dest):
-        # Withdraw the old commit files first: a reader never sees an old marker over new data.
-        for marker in (ZARR_METADATA, SUCCESS_MARKER):
-            if fs.exists(f"{dest}/{marker}"):
-                fs.rm(f"{dest}/{marker}")
-        fs.rm(dest, recursive=True)
+    _withdraw_remote(fs, dest)
     files = sorted(p for p in staged.rglob("*") if p.is_file() and p not in commit)
     for batch in (files, commit):  # the commit files only once everything else has landed
         if batch:
@@ -155,13 +150,18 @@ def open_publication(dest_url: str, storage_options: Mapping[str, Any] | None = 
         work.mkdir()
         return str(work)
     fs, dest = get_fs(dest_url, storage_options)
-    dest = dest.rstrip("/")
+    _withdraw_remote(fs, dest.rstrip("/"))
+    return dest_url
+
+
+def _withdraw_remote(fs: fsspec.AbstractFileSystem, dest: str) -> None:
+    """Remove an old remote publication, its commit files first: a reader never sees an old
+    marker over new data."""
     if fs.exists(dest):
         for marker in (ZARR_METADATA, SUCCESS_MARKER):
             if fs.exists(f"{dest}/{marker}"):
                 fs.rm(f"{dest}/{marker}")
         fs.rm(dest, recursive=True)
-    return dest_url
 
 
 def commit_publication(work_url: str, dest_url: str) -> None:

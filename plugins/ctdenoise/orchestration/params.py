@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ctdenoise.errors import ParameterError
-from ctdenoise.local_params import LocalParams
+from ctdenoise.local_params import SHRINKAGES, LocalParams
 
 MODES = ("global", "local")
 LOCAL_DEFAULTS = LocalParams()
@@ -121,7 +121,7 @@ PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str, str]] = {
     ),
     "shrinkage": (
         LOCAL_DEFAULTS.shrinkage,
-        {"type": "string", "enum": ["frobenius", "hard"]},
+        {"type": "string", "enum": list(SHRINKAGES)},
         "Local mode: shrinkage",
         "frobenius: optimal singular value shrinkage for Frobenius loss; hard: the Gavish-Donoho hard threshold.",
     ),
