@@ -2,7 +2,7 @@
 
     spark-submit spark/dssvd.py --matrix URL [--out URL --rank K] [--local-out URL] \\
         [--oversample 15] [--power-iters 2] [--seed 0] [--method auto|stochastic|exact] [--with-u] \\
-        [--tile 16] [--stride 8] [--multipliers 0.5,1,1.5] [--shrinkage frobenius|hard]
+        [--tile 12] [--stride 6] [--multipliers 0.5,1,1.5] [--shrinkage frobenius|hard]
 
 Two modes, one job (both in one SparkContext when both outputs are given):
 
@@ -166,7 +166,7 @@ def local_params(args: argparse.Namespace):
     from ctdenoise.local_lowrank import LocalParams
 
     return LocalParams(
-        tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage, seed=args.seed
+        tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage
     ).validate(args.matrix)
 
 

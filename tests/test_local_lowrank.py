@@ -65,32 +65,31 @@ def test_shrinkers() -> None:
     assert (hard[hard > 0] == s[hard > 0]).all()
 
 
-@pytest.mark.parametrize("randomized", [False, True])
-def test_noise_level_of_pure_noise_tiles_is_estimated_and_removed(randomized: bool) -> None:
+@pytest.mark.parametrize("slices", [24, 300])  # the Gram matrix on the slice side, then on the pixel side
+def test_noise_level_of_pure_noise_tiles_is_estimated_and_removed(slices: int) -> None:
     rng = np.random.default_rng(3)
-    X = 20.0 * rng.standard_normal((30, 144, 96 if randomized else 24))
-    params = LocalParams(tile=12, stride=12, max_rank=8, oversample=4)
-    assert llr.uses_exact_spectrum(144, X.shape[2], params) is not randomized
+    X = 20.0 * rng.standard_normal((30, 144, slices))
+    params = LocalParams(tile=12, stride=12)
     est, ranks, sigma = llr.denoise_tiles(X, params)
-    assert np.median(sigma) == pytest.approx(20.0, rel=0.1)
+    assert np.median(sigma) == pytest.approx(20.0, rel=0.05)
     i = params.multipliers.index(1.0)
     assert ranks[i].mean() < 0.5  # noise only: (almost) nothing kept
     assert np.linalg.norm(est[i]) < 0.2 * np.linalg.norm(X)
 
 
-def test_randomized_path_agrees_with_the_exact_one_on_low_rank_tiles() -> None:
+@pytest.mark.parametrize("slices", [80, 300])  # (the median estimate of sigma needs r < min(p, n) / 2)
+def test_high_rank_tiles_keep_their_components(slices: int) -> None:
+    """Tiles on edges that move through a long series hold dozens of components (the reason
+    the spectrum is exact): all of them above the noise must survive, whatever side is small."""
     rng = np.random.default_rng(5)
-    t, p, n, r = 20, 144, 96, 3
-    signal = np.matmul(rng.standard_normal((t, p, r)) * 50, rng.standard_normal((t, r, n)))
-    X = signal + 5.0 * rng.standard_normal((t, p, n))
-    exact, ranks_e, _ = llr.denoise_tiles(X, LocalParams(tile=12, max_rank=96, oversample=0))
-    approx, ranks_r, _ = llr.denoise_tiles(X, LocalParams(tile=12, max_rank=12, oversample=4, power_iters=2))
+    t, p, r = 6, 144, 30
+    signal = np.matmul(rng.standard_normal((t, p, r)) * 40, rng.standard_normal((t, r, slices)))
+    X = signal + 5.0 * rng.standard_normal((t, p, slices))
+    est, ranks, _ = llr.denoise_tiles(X, LocalParams(tile=12))
     i = LocalParams().multipliers.index(1.0)
-    assert (ranks_e[i] == r).all() and (ranks_r[i] == r).all()
-    err = np.linalg.norm(approx[i] - exact[i]) / np.linalg.norm(exact[i])
-    assert err < 0.02
-    # and both are much closer to the signal than the noisy input
-    assert np.linalg.norm(exact[i] - signal) < 0.4 * np.linalg.norm(X - signal)
+    assert (ranks[i] == r).all()
+    # what is left is the noise inside the kept subspace, sqrt(r (p + n - r) / (p n)) of the input noise
+    assert np.linalg.norm(est[i] - signal) < 0.8 * np.linalg.norm(X - signal)
 
 
 def test_denoising_a_volume_beats_the_input_and_bands_do_not_matter() -> None:

@@ -61,7 +61,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     from ctdenoise.local_lowrank import local_numpy
     from ctdenoise.local_params import LocalParams
 
-    params = LocalParams(tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage, seed=args.seed)
+    params = LocalParams(tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage)
     _emit(local_numpy(args.matrix, args.out, params))
     return 0
 

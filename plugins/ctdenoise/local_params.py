@@ -20,14 +20,10 @@ DEFAULT_MULTIPLIERS = (0.5, 1.0, 1.5)
 class LocalParams:
     """Parameters of the local low-rank mode (all with automatic, volume-independent defaults)."""
 
-    tile: int = 16
-    stride: int = 8
+    tile: int = 12
+    stride: int = 6
     multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS
     shrinkage: str = "frobenius"
-    max_rank: int = 16
-    oversample: int = 8
-    power_iters: int = 1
-    seed: int = 0
     weights: str = "inverse_rank"  # or "uniform"
 
     def validate(self, source: str = "local mode") -> "LocalParams":
@@ -43,11 +39,6 @@ class LocalParams:
             raise ParameterError(f"{source}: shrinkage must be one of {', '.join(SHRINKAGES)}, got {self.shrinkage!r}")
         if self.weights not in ("inverse_rank", "uniform"):
             raise ParameterError(f"{source}: weights must be inverse_rank or uniform, got {self.weights!r}")
-        if self.max_rank < 1 or self.oversample < 0 or not 0 <= self.power_iters <= 10:
-            raise ParameterError(
-                f"{source}: max_rank >= 1, oversample >= 0 and power_iters in 0..10 needed, got "
-                f"{self.max_rank}, {self.oversample}, {self.power_iters}"
-            )
         return self
 
     def as_dict(self) -> dict[str, Any]:

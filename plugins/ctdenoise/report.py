@@ -626,7 +626,7 @@ def write_report(
         preview_rows += local_rows
         local_info = {
             "local_url": local_url,
-            **{key: local_attrs.get(key) for key in ("tile", "stride", "shrinkage", "weights", "max_rank", "oversample", "power_iters", "seed", "multipliers")},
+            **{key: local_attrs.get(key) for key in ("tile", "stride", "shrinkage", "weights", "multipliers")},
             "summary": local_attrs.get("summary"),
             "timings": local_attrs.get("timings"),
             "outputs": local_summary,

@@ -178,7 +178,6 @@ def normalize(params: Mapping[str, Any]) -> dict[str, Any]:
             stride=int(merged["stride"]),
             multipliers=tuple(sorted({float(m) for m in merged["multipliers"] or []})),
             shrinkage=str(merged["shrinkage"]),
-            seed=int(merged["seed"]),
         )
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"ct_denoise params: {exc}") from None
@@ -231,11 +230,11 @@ def local_params(normalized: Mapping[str, Any]) -> LocalParams:
         stride=normalized["stride"],
         multipliers=tuple(normalized["multipliers"]),
         shrinkage=normalized["shrinkage"],
-        seed=normalized["seed"],
     )
 
 
 def local_key(normalized: Mapping[str, Any]) -> str:
-    """Name of a local-mode parameter set in the work layout: ``t<tile>-s<stride>-<shrinkage>-m<...>-s<seed>``."""
+    """Name of a local-mode parameter set in the work layout: ``t<tile>-s<stride>-<shrinkage>-m<...>``
+    (the local mode is deterministic: no seed)."""
     mults = "_".join(f"{m:g}" for m in normalized["multipliers"])
-    return f"t{normalized['tile']}-s{normalized['stride']}-{normalized['shrinkage']}-m{mults}-s{normalized['seed']}"
+    return f"t{normalized['tile']}-s{normalized['stride']}-{normalized['shrinkage']}-m{mults}"
