@@ -20,7 +20,8 @@ in HU:
   rule ranks (drop the smallest 0.1, 1, 5, 10, 30 % of the singular values) and at the
   Gavish-Donoho rank;
 - the local low-rank mode (``ctdenoise.local_lowrank``, default parameters: automatic, one row
-  per multiplier, ``x1`` being the automatic optimum);
+  per multiplier, ``x1`` being the automatic optimum), with the per-slice noise levels that
+  conversion records (``ctdenoise.metrics.slice_noise_level``), as in the pipeline;
 - classic per-slice denoisers (scikit-image, scipy, the ``bm3d`` package): Gaussian filter,
   total variation (Chambolle), non-local means and BM3D, each with an automatic setting (from
   the per-slice noise level ``sigma_hat``, estimated without a reference by
@@ -272,11 +273,13 @@ def global_svd(volume: np.ndarray) -> Iterable[tuple[str, np.ndarray, float, str
 def local_lowrank(volume: np.ndarray) -> Iterable[tuple[str, np.ndarray, float, str]]:
     """One ``(label, volume, seconds, note)`` per default multiplier; seconds are of the one pass."""
     from ctdenoise.local_lowrank import LocalParams, denoise_matrix, multiplier_label
+    from ctdenoise.metrics import slice_noise_level
 
     params = LocalParams()
     slices, rows, cols = volume.shape
     started = time.perf_counter()
-    D, stats = denoise_matrix(series_matrix(volume), rows, cols, params)
+    noise = [slice_noise_level(image) for image in volume]  # what conversion records per slice
+    D, stats = denoise_matrix(series_matrix(volume), rows, cols, params, slice_noise=noise)
     seconds = time.perf_counter() - started
     ranks = np.asarray(stats.ranks)
     for i, m in enumerate(params.multipliers):

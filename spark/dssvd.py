@@ -204,10 +204,14 @@ def run_local(sc: Any, args: argparse.Namespace, arr: Any, session_seconds: floa
     bands = local_lowrank.band_ranges(rows, attrs["band_rows"])
     groups = [bands[a:b] for a, b in _group_bounds(len(bands), args.partitions or 2 * sc.defaultParallelism)]
     attrs.update(partitions=len(groups), spark_master=sc.master, spark_version=sc.version, engine="spark")
+    scale = local_lowrank.column_scales(arr.attrs.get("slice_noise_hu"), int(arr.shape[1]))
+    attrs["column_scale"] = None if scale is None else [round(float(x), 6) for x in scale]
 
     def run_bands(work_url: str) -> list[Any]:
         sc.setJobDescription(f"dssvd local mode: {len(bands)} bands in {len(groups)} partitions")
-        task = functools.partial(local_lowrank.partition_task, args.matrix, work_url, rows, columns, params.as_dict())
+        task = functools.partial(
+            local_lowrank.partition_task, args.matrix, work_url, rows, columns, params.as_dict(), attrs["column_scale"]
+        )
         return sc.parallelize(groups, len(groups)).mapPartitionsWithIndex(task).collect()
 
     return local_lowrank.publish_bands(args.local_out, run_bands, rows, columns, arr.shape, params, attrs, timings)

@@ -28,7 +28,7 @@ CONTRACT_KEYS = {
     "image_positions_patient", "image_orientation_patient", "pixel_spacing", "slice_thickness",
     "slice_spacing", "ordering", "series_instance_uid", "study_instance_uid", "frame_of_reference_uid",
     "sop_class_uid", "rescale_slope", "rescale_intercept", "bits_allocated", "bits_stored",
-    "pixel_representation", "header",
+    "pixel_representation", "header", "slice_noise_hu",
 }  # docs/architecture.md, "Series matrix"
 
 TILTED = (1.0, 0.0, 0.0, 0.0, math.cos(math.radians(25)), -math.sin(math.radians(25)))
@@ -78,6 +78,8 @@ def test_columns_follow_the_slice_normal(tmp_path: Path, orientation, shift: flo
     assert attrs["slice_positions"] == pytest.approx([s.position for s in slices])
     assert np.diff(attrs["slice_positions"]) == pytest.approx([1.5] * 4)
     assert attrs["slice_spacing"] == pytest.approx(1.5)
+    noise = attrs["slice_noise_hu"]  # one level per column, in column order (None: too little tissue)
+    assert len(noise) == attrs["slices"] and all(v is None or v > 0 for v in noise)
     ipp = [[float(v) for v in s.dataset.ImagePositionPatient] for s in slices]
     np.testing.assert_allclose(attrs["image_positions_patient"], ipp, rtol=1e-6)
     if shift:

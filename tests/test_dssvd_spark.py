@@ -133,8 +133,11 @@ def matrix(tmp_path_factory) -> tuple[str, np.ndarray]:
     V, _ = np.linalg.qr(rng.standard_normal((40, 40)))
     A = ((U * s) @ V.T).astype(np.float32)
     url = str(tmp_path_factory.mktemp("spark") / "m.zarr")
-    write_matrix(A, {"rows": 64, "columns": 64, "slices": 40}, url, row_chunk=1024)
+    write_matrix(A, {"rows": 64, "columns": 64, "slices": 40, "slice_noise_hu": SLICE_NOISE}, url, row_chunk=1024)
     return url, A.astype(np.float64)
+
+
+SLICE_NOISE = [None] + [10.0 + j for j in range(39)]  # as conversion records them (None: no tissue)
 
 
 def run_main(dssvd, capsys, *argv: str) -> tuple[int, dict | None, str]:
@@ -296,8 +299,12 @@ def test_local_mode_matches_the_numpy_engine_and_publishes_both_groups(spark, ds
     assert record["svd"] == out and record["local"]["local"] == local_out
     group, attrs = open_local(local_out)
     assert attrs["mode"] == "local" and attrs["multipliers"] == [0.5, 1.0] and attrs["partitions"] == 3
-    expected, _ = denoise_matrix(A.astype(np.float32), 64, 64, LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0)))
+    params = LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0))
+    expected, _ = denoise_matrix(A.astype(np.float32), 64, 64, params, slice_noise=SLICE_NOISE)
     np.testing.assert_allclose(group["D"][...], expected, rtol=1e-6, atol=1e-3)
+    assert attrs["column_scale"][0] == 1.0 and attrs["column_scale"][-1] > attrs["column_scale"][1]
+    unscaled, _ = denoise_matrix(A.astype(np.float32), 64, 64, params)
+    assert not np.allclose(unscaled, expected, rtol=1e-6, atol=1e-3)  # the levels did reach the executors
     ranks = group["tile_ranks"][...]
     assert ranks.shape == (2, 15, 15) and (ranks[0] >= ranks[1]).all() and ranks.min() >= 0
     assert group["tile_sigma"][...].shape == (15, 15)

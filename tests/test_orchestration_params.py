@@ -61,3 +61,14 @@ def test_modes_and_local_parameters() -> None:
     assert run_params.normalize({"modes": ["local", "global"], "multipliers": [1.5, 1]})["multipliers"] == [1.0, 1.5]
     assert run_params.local_key(defaults) == f"t{defaults['tile']}-s{defaults['stride']}-frobenius-m0.5_1_1.5"
     assert run_params.params_hash(defaults) != run_params.params_hash({**defaults, "multipliers": [1.0]})
+
+
+def test_a_new_local_algorithm_changes_the_hash_of_runs_that_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run must not skip a series published by an older local algorithm (same parameters,
+    different pixels); global-only runs keep their hash."""
+    both = run_params.normalize({})
+    global_only = run_params.normalize({"modes": ["global"]})
+    before = run_params.params_hash(both), run_params.params_hash(global_only)
+    monkeypatch.setattr(run_params, "LOCAL_ALGORITHM", "another/3")
+    assert run_params.params_hash(both) != before[0]
+    assert run_params.params_hash(global_only) == before[1]

@@ -30,6 +30,7 @@ import numpy as np
 from ctdenoise import matrix_store, storage
 from ctdenoise.dicom_series import SliceHeader, header_json, read_hu, scan_series
 from ctdenoise.errors import InputError
+from ctdenoise.metrics import slice_noise_level
 from ctdenoise.geometry import SeriesInputError, SliceOrder, check_consistency, order_slices
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,12 @@ def convert_series(
     rows, columns = ordered[0].geometry.rows, ordered[0].geometry.columns
     # Fortran order: each slice fills one contiguous column; only one decoded slice is alive at a time.
     matrix = np.empty((rows * columns, len(ordered)), dtype=np.float32, order="F")
+    noise: list[float | None] = []
     for j, header in enumerate(ordered):
-        matrix[:, j] = read_hu(header, storage_options).reshape(-1)  # C order: pixel (r, c) -> r*columns + c
-    attrs = series_attributes(ordered, order)
+        image = read_hu(header, storage_options)
+        matrix[:, j] = image.reshape(-1)  # C order: pixel (r, c) -> r*columns + c
+        noise.append(slice_noise_level(image))
+    attrs = {**series_attributes(ordered, order), "slice_noise_hu": noise}
     matrix_store.write_matrix(matrix, attrs, dest_url, storage_options)
     del matrix
     seconds = round(time.perf_counter() - started, 3)

@@ -52,7 +52,7 @@ import numpy as np
 
 from ctdenoise.errors import ParameterError
 
-from ctdenoise.local_params import DEFAULT_MULTIPLIERS, SHRINKAGES, LocalParams, multiplier_label  # noqa: F401 (re-exported)
+from ctdenoise.local_params import ALGORITHM, DEFAULT_MULTIPLIERS, SHRINKAGES, LocalParams, multiplier_label  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,6 +154,33 @@ def denoise_tiles(X: np.ndarray, params: LocalParams) -> tuple[np.ndarray, np.nd
     return np.matmul(left, right[None]), ranks, sigma
 
 
+SCALE_LIMITS = (0.25, 4.0)
+
+
+def column_scales(slice_noise: Sequence[float | None] | None, n: int) -> np.ndarray | None:
+    """Per-slice divisors that give every slice the same noise level, from the series' recorded
+    noise levels (None when there are none, or none usable).
+
+    Why: the noise of a CT slice depends on what the rays crossed (shoulders and pelvis more
+    than the neck), so the columns of a tile matrix are heteroscedastic, and a Marchenko-Pastur
+    threshold set from the median then keeps noise in the noisier slices. Dividing each slice by
+    its level relative to the series median (clipped to ``SCALE_LIMITS``; slices without a level
+    keep 1) makes the columns exchangeable; the estimate is multiplied back. Measured on the
+    quality benchmark (x1, 2e4 photons): +0.6 dB at 32 slices, +0.45 dB at 301.
+    """
+    if slice_noise is None:
+        return None
+    if len(slice_noise) != n:
+        raise ParameterError(f"slice noise levels: {len(slice_noise)} values for {n} slices")
+    values = np.array([np.nan if v is None else float(v) for v in slice_noise], dtype=np.float64)
+    valid = np.isfinite(values) & (values > 0)
+    if not valid.any():
+        return None
+    scale = np.ones(n)
+    scale[valid] = np.clip(values[valid] / np.median(values[valid]), *SCALE_LIMITS)
+    return scale
+
+
 def denoise_rows(
     block: np.ndarray,
     block_row_start: int,
@@ -162,11 +189,14 @@ def denoise_rows(
     rows: int,
     columns: int,
     params: LocalParams,
+    column_scale: np.ndarray | None = None,
 ) -> tuple[np.ndarray, TileStats]:
     """Denoised matrix rows of image rows ``[row_start, row_stop)`` for every multiplier.
 
     ``block`` holds image rows ``[block_row_start, ...)`` of the series matrix (``r * columns``
-    matrix rows each, all slices) and must cover :func:`rows_needed` for the band. Returns
+    matrix rows each, all slices) and must cover :func:`rows_needed` for the band.
+    ``column_scale`` (one positive value per slice, :func:`column_scales`) divides each slice
+    before the tiles are decomposed and multiplies it back after. Returns
     ``(D (n_mult, (row_stop - row_start) * columns, n) float32, stats)``; ``stats`` lists the
     tiles whose first row lies in the band (each tile is reported by exactly one band).
     """
@@ -196,6 +226,8 @@ def denoise_rows(
     for r0 in starts:
         slab = vol[r0 - block_row_start : r0 - block_row_start + tile_r]
         X = np.stack([slab[:, c0 : c0 + tile_c, :].reshape(p, n) for c0 in col_starts], out=x_buf)
+        if column_scale is not None:
+            X /= column_scale
         left, right, ranks, sigma = tile_factors(X, params)
         right = right.astype(np.float32)
         weights = 1.0 / (1.0 + ranks) if params.weights == "inverse_rank" else np.ones(ranks.shape)
@@ -225,12 +257,21 @@ def denoise_rows(
                 stats.sigma.append(float(sigma[j]))
                 stats.ranks.append([int(x) for x in ranks[:, j]])
     np.divide(acc, wsum[..., None].astype(np.float32), out=acc)  # in place: a band's D is ~100 MB per multiplier
+    if column_scale is not None:
+        acc *= column_scale.astype(np.float32)
     D = acc.reshape(n_mult, height * columns, n)
     return D, stats
 
 
 def partition_task(
-    matrix_url: str, out_url: str, rows: int, columns: int, params: dict[str, Any], index: int, items: Any
+    matrix_url: str,
+    out_url: str,
+    rows: int,
+    columns: int,
+    params: dict[str, Any],
+    column_scale: Sequence[float] | None,
+    index: int,
+    items: Any,
 ) -> Any:
     """What one Spark partition does: denoise its bands and write them into the local group at
     ``out_url`` (uncommitted, see :func:`publish_bands`); yields ``(row_start, row_stop, stats)``.
@@ -253,7 +294,8 @@ def partition_task(
         raise ValueError(f"partition {index}: bands {bands} are not contiguous")
     _, first, last = rows_needed(start, stop, rows, p.tile, p.stride)
     block = np.concatenate(list(read_row_blocks(matrix_url, [(first * columns, last * columns)])), axis=0)
-    D, stats = denoise_rows(block, first, start, stop, rows, columns, p)
+    scale = None if column_scale is None else np.asarray(column_scale, dtype=np.float64)
+    D, stats = denoise_rows(block, first, start, stop, rows, columns, p, scale)
     del block
     write_local_band(out_url, start * columns, stop * columns, D)
     yield start, stop, stats
@@ -286,9 +328,21 @@ def band_ranges(rows: int, band_rows: int) -> list[tuple[int, int]]:
     return [(start, min(rows, start + band_rows)) for start in range(0, rows, band_rows)]
 
 
-def denoise_matrix(A: np.ndarray, rows: int, columns: int, params: LocalParams, band_rows: int = 32) -> tuple[np.ndarray, TileStats]:
-    """The whole series matrix, band by band in one process: ``(D (n_mult, m, n) float32, stats)``."""
+def denoise_matrix(
+    A: np.ndarray,
+    rows: int,
+    columns: int,
+    params: LocalParams,
+    band_rows: int = 32,
+    slice_noise: Sequence[float | None] | None = None,
+) -> tuple[np.ndarray, TileStats]:
+    """The whole series matrix, band by band in one process: ``(D (n_mult, m, n) float32, stats)``.
+
+    ``slice_noise``: the per-slice noise levels of :func:`ctdenoise.metrics.slice_noise_level`
+    (what conversion records as the matrix attribute ``slice_noise_hu``), or None: no per-slice
+    normalization."""
     params.validate()
+    scale = column_scales(slice_noise, A.shape[1])
     A = np.asarray(A)
     if A.ndim != 2 or A.shape[0] != rows * columns:
         raise ParameterError(f"matrix of shape {A.shape} is not (rows*columns, slices) = ({rows * columns}, n)")
@@ -296,7 +350,7 @@ def denoise_matrix(A: np.ndarray, rows: int, columns: int, params: LocalParams, 
     stats = TileStats()
     for start, stop in band_ranges(rows, band_rows):
         _, first, last = rows_needed(start, stop, rows, params.tile, params.stride)
-        D, band_stats = denoise_rows(A[first * columns : last * columns], first, start, stop, rows, columns, params)
+        D, band_stats = denoise_rows(A[first * columns : last * columns], first, start, stop, rows, columns, params, scale)
         out[:, start * columns : stop * columns] = D
         stats.starts += band_stats.starts
         stats.sigma += band_stats.sigma
@@ -358,6 +412,7 @@ def group_attrs(
 
     return {
         "mode": "local",
+        "algorithm": ALGORITHM,
         "band_rows": max(1, math.ceil(chunk_rows / columns)),
         **params.as_dict(),
         "tile_row_starts": tile_starts(rows, params.tile, params.stride),
@@ -436,10 +491,14 @@ def local_numpy(matrix_url: str, out_url: str, params: LocalParams, storage_opti
     rows, columns = matrix_geometry(arr, matrix_url)
     attrs = {**group_attrs(params, rows, columns, matrix_url, arr.shape, int(arr.chunks[0])), "engine": "numpy"}
 
+    scale = column_scales(arr.attrs.get("slice_noise_hu"), int(arr.shape[1]))
+    attrs["column_scale"] = None if scale is None else [round(float(x), 6) for x in scale]
+    scale = None if scale is None else np.asarray(attrs["column_scale"])  # what the Spark job passes on
+
     def run_bands(work: str):
         for a, b in band_ranges(rows, attrs["band_rows"]):
             _, first, last = rows_needed(a, b, rows, params.tile, params.stride)
-            D, stats = denoise_rows(arr[first * columns : last * columns], first, a, b, rows, columns, params)
+            D, stats = denoise_rows(arr[first * columns : last * columns], first, a, b, rows, columns, params, scale)
             write_local_band(work, a * columns, b * columns, D, storage_options)
             yield a, b, stats
 

@@ -15,6 +15,12 @@ from ctdenoise.errors import ParameterError
 SHRINKAGES = ("frobenius", "hard")
 DEFAULT_MULTIPLIERS = (0.5, 1.0, 1.5)
 
+ALGORITHM = "exact-tile-spectra+slice-noise/2"
+"""Recorded in every local group, part of the derived series UIDs and of the run parameters'
+hash: the same parameters through a changed algorithm give different pixels, so they must not
+reuse a series UID, nor let a re-run skip a series published by the old one. Version 1 used a
+randomized sketch for tiles through more than 64 slices and no per-slice noise normalization."""
+
 
 @dataclass(frozen=True)
 class LocalParams:

@@ -329,7 +329,7 @@ class LocalMultiplier(Denoised):
             "ctdenoise-local-derived",
             source.series_instance_uid,
             f"multiplier={value:g}",
-            *(f"{key}={self.attrs.get(key)}" for key in ("tile", "stride", "shrinkage", "weights", "max_rank", "oversample", "power_iters", "seed")),
+            *(f"{key}={self.attrs.get(key)}" for key in ("algorithm", "tile", "stride", "shrinkage", "weights")),
         )
 
     def block(self, start: int, stop: int, A_block: np.ndarray) -> np.ndarray:

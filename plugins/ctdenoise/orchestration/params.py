@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ctdenoise.errors import ParameterError
+from ctdenoise.local_params import ALGORITHM as LOCAL_ALGORITHM
 from ctdenoise.local_params import SHRINKAGES, LocalParams
 
 MODES = ("global", "local")
@@ -213,7 +214,10 @@ def normalize(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def params_hash(normalized: Mapping[str, Any]) -> str:
     """A short stable hash of the result-changing parameters (not ``force``)."""
-    canonical = json.dumps({name: normalized[name] for name in RESULT_PARAMS}, sort_keys=True, separators=(",", ":"))
+    values = {name: normalized[name] for name in RESULT_PARAMS}
+    if "local" in normalized["modes"]:
+        values["local_algorithm"] = LOCAL_ALGORITHM
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
