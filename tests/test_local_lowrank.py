@@ -185,3 +185,11 @@ def test_slices_with_more_noise_are_normalized_before_the_tiles_are_shrunk() -> 
     scaled, _ = llr.denoise_matrix(as_matrix(noisy), rows, columns, params, slice_noise=list(levels))
     err = [np.linalg.norm(D[i] - as_matrix(truth)) for D in (plain, scaled)]
     assert err[1] < 0.6 * err[0]
+
+
+def test_a_constant_tile_keeps_one_component_not_its_rounding() -> None:
+    """Outside the field of view a tile is constant in every slice (slices scaled apart): rank 1."""
+    X = np.full((3, 144, 40), -1000.0) / np.linspace(0.8, 1.3, 40)
+    est, ranks, sigma = llr.denoise_tiles(X, LocalParams(tile=12))
+    assert (ranks == 1).all() and (sigma == 0).all()
+    np.testing.assert_allclose(est[1], X, rtol=1e-9)

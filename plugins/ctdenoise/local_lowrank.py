@@ -8,6 +8,10 @@ noise of a CT slice is independent from slice to slice. Shrinking the singular v
 tile and averaging the overlapping estimates keeps edges and removes noise; the tiles are
 independent, thousands of small SVDs, which is what a cluster distributes well.
 
+Before the tiles, each slice is divided by its noise level relative to the series median
+(:func:`column_scales`, from the levels conversion records), so that the columns of a tile
+matrix carry the same noise; the estimate is multiplied back at the end.
+
 Per tile (``p = tile**2`` rows, ``n`` columns, ``N = max(p, n)``, ``beta = min(p, n) / N``):
 
 1. the full spectrum of ``X``: a batched eigendecomposition of the Gram matrix of its small
@@ -119,7 +123,11 @@ def _spectra(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     G = np.matmul(X.transpose(0, 2, 1), X) if right else np.matmul(X, X.transpose(0, 2, 1))
     lam, vec = np.linalg.eigh(G)
     lam, vec = lam[:, ::-1], vec[:, :, ::-1]
-    return np.sqrt(np.clip(lam, 0.0, None)), vec, right
+    s = np.sqrt(np.clip(lam, 0.0, None))
+    # Values under the Gram matrix's rounding (~1e-16 of the largest eigenvalue, 1e-8 of the
+    # largest singular value) are zero: a constant tile (outside the field of view) has rank 1,
+    # not rank "everything its rounding left", in the rank maps.
+    return np.where(s > 1e-7 * s[:, :1], s, 0.0), vec, right
 
 
 def tile_factors(X: np.ndarray, params: LocalParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
