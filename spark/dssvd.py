@@ -200,12 +200,12 @@ def run_local(sc: Any, args: argparse.Namespace, arr: Any, session_seconds: floa
     if session_seconds is not None:
         timings.stages["session_start"] = session_seconds
     rows, columns = local_lowrank.matrix_geometry(arr, args.matrix)
-    attrs = local_lowrank.group_attrs(params, rows, columns, args.matrix, arr.shape, int(arr.chunks[0]))
+    attrs = local_lowrank.group_attrs(
+        params, rows, columns, args.matrix, arr.shape, int(arr.chunks[0]), arr.attrs.get("slice_noise_hu")
+    )
     bands = local_lowrank.band_ranges(rows, attrs["band_rows"])
     groups = [bands[a:b] for a, b in _group_bounds(len(bands), args.partitions or 2 * sc.defaultParallelism)]
     attrs.update(partitions=len(groups), spark_master=sc.master, spark_version=sc.version, engine="spark")
-    scale = local_lowrank.column_scales(arr.attrs.get("slice_noise_hu"), int(arr.shape[1]))
-    attrs["column_scale"] = None if scale is None else [round(float(x), 6) for x in scale]
 
     def run_bands(work_url: str) -> list[Any]:
         sc.setJobDescription(f"dssvd local mode: {len(bands)} bands in {len(groups)} partitions")

@@ -265,7 +265,7 @@ def converted_both(tmp_path: Path) -> dict[str, Any]:
     """A real series decomposed in both modes (numpy engines), as the DAG's dssvd leaves it."""
     from ctdenoise.convert import convert
     from ctdenoise.decomposition import svd_numpy
-    from ctdenoise.local_lowrank import local_numpy
+    from ctdenoise.local_lowrank import LocalParams, local_numpy
 
     uid = uid_for("both-modes")
     conf = {"ranks": [2], "drop_percents": [], "auto_rank": False, "tile": 8, "stride": 4, "multipliers": [1.5, 0.5]}
@@ -279,7 +279,7 @@ def converted_both(tmp_path: Path) -> dict[str, Any]:
     write_series(Path(series["source_url"]), uid, n=6)
     records = list(convert(series["source_url"], series["matrix_dir"]))
     svd_numpy(series["matrix_url"], series["svd_url"], rank=6)
-    local_numpy(series["matrix_url"], series["local_url"], run_params.local_params(normalized))
+    local_numpy(series["matrix_url"], series["local_url"], LocalParams.from_dict(normalized))
     return batch.convert_result(series, records)
 
 

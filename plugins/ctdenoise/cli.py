@@ -127,7 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=defaults.stride, help="tile stride (pixels)")
     p.add_argument("--multipliers", type=_floats, default=defaults.multipliers, help="threshold multipliers, e.g. 0.5,1,1.5")
     p.add_argument("--shrinkage", choices=SHRINKAGES, default=defaults.shrinkage)
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_local)
 
     p = sub.add_parser("ranks", help="ranks to reconstruct from an SVD's spectrum")

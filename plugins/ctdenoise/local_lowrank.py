@@ -355,15 +355,13 @@ def denoise_matrix(
     if A.ndim != 2 or A.shape[0] != rows * columns:
         raise ParameterError(f"matrix of shape {A.shape} is not (rows*columns, slices) = ({rows * columns}, n)")
     out = np.empty((len(params.multipliers), A.shape[0], A.shape[1]), dtype=np.float32)
-    stats = TileStats()
+    parts = []
     for start, stop in band_ranges(rows, band_rows):
         _, first, last = rows_needed(start, stop, rows, params.tile, params.stride)
         D, band_stats = denoise_rows(A[first * columns : last * columns], first, start, stop, rows, columns, params, scale)
         out[:, start * columns : stop * columns] = D
-        stats.starts += band_stats.starts
-        stats.sigma += band_stats.sigma
-        stats.ranks += band_stats.ranks
-    return out, stats
+        parts.append(band_stats)
+    return out, merge_stats(parts)
 
 
 def stats_maps(stats: TileStats, rows: int, columns: int, params: LocalParams) -> tuple[np.ndarray, np.ndarray]:
@@ -412,12 +410,21 @@ def summarize(ranks: np.ndarray, sigma: np.ndarray, params: LocalParams) -> dict
 
 
 def group_attrs(
-    params: LocalParams, rows: int, columns: int, matrix_url: str, shape: Sequence[int], chunk_rows: int
+    params: LocalParams,
+    rows: int,
+    columns: int,
+    matrix_url: str,
+    shape: Sequence[int],
+    chunk_rows: int,
+    slice_noise: Sequence[float | None] | None = None,
 ) -> dict[str, Any]:
     """The attributes of a local group (see ``ctdenoise.matrix_store``); ``band_rows`` image rows
-    make one band (one ``D`` chunk), about one chunk of the series matrix (``chunk_rows``)."""
+    make one band (one ``D`` chunk), about one chunk of the series matrix (``chunk_rows``).
+    ``column_scale`` is :func:`column_scales` of the matrix's ``slice_noise_hu``, rounded as it
+    is stored: what every engine passes to :func:`denoise_rows`."""
     from ctdenoise import __version__
 
+    scale = column_scales(slice_noise, int(shape[1]))
     return {
         "mode": "local",
         "algorithm": ALGORITHM,
@@ -427,6 +434,7 @@ def group_attrs(
         "tile_col_starts": tile_starts(columns, params.tile, params.stride),
         "matrix_url": matrix_url,
         "matrix_shape": [int(x) for x in shape],
+        "column_scale": None if scale is None else [round(float(x), 6) for x in scale],
         "created_by": f"ctdenoise {__version__}",
     }
 
@@ -497,11 +505,9 @@ def local_numpy(matrix_url: str, out_url: str, params: LocalParams, storage_opti
     params.validate(matrix_url)
     arr = open_matrix(matrix_url, storage_options)
     rows, columns = matrix_geometry(arr, matrix_url)
-    attrs = {**group_attrs(params, rows, columns, matrix_url, arr.shape, int(arr.chunks[0])), "engine": "numpy"}
-
-    scale = column_scales(arr.attrs.get("slice_noise_hu"), int(arr.shape[1]))
-    attrs["column_scale"] = None if scale is None else [round(float(x), 6) for x in scale]
-    scale = None if scale is None else np.asarray(attrs["column_scale"])  # what the Spark job passes on
+    attrs = group_attrs(params, rows, columns, matrix_url, arr.shape, int(arr.chunks[0]), arr.attrs.get("slice_noise_hu"))
+    attrs["engine"] = "numpy"
+    scale = None if attrs["column_scale"] is None else np.asarray(attrs["column_scale"])
 
     def run_bands(work: str):
         for a, b in band_ranges(rows, attrs["band_rows"]):

@@ -25,6 +25,7 @@ REQUIRED = ("name", "matrix_url")
 #: Global mode needs ``out_url`` and ``rank``, local mode ``local_out_url``; at least one mode.
 MODE_KEYS = {"global": ("out_url", "rank"), "local": ("local_out_url",)}
 
+_LOCAL = LocalParams()
 DEFAULTS: dict[str, Any] = {
     "namespace": "default",
     "image": "ctdenoise:0.1.0",
@@ -41,10 +42,10 @@ DEFAULTS: dict[str, Any] = {
     "out_url": None,
     "rank": None,
     "local_out_url": None,
-    "tile": LocalParams().tile,
-    "stride": LocalParams().stride,
-    "multipliers": list(LocalParams().multipliers),
-    "shrinkage": LocalParams().shrinkage,
+    "tile": _LOCAL.tile,
+    "stride": _LOCAL.stride,
+    "multipliers": list(_LOCAL.multipliers),
+    "shrinkage": _LOCAL.shrinkage,
     "driver_cores": 1,
     "driver_memory": "2g",
     "executor_cores": 2,

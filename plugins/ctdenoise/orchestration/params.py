@@ -227,16 +227,6 @@ def svd_key(normalized: Mapping[str, Any], svd_rank: int | None = None) -> str:
     return f"k{k}-o{normalized['oversample']}-q{normalized['power_iters']}-s{normalized['seed']}"
 
 
-def local_params(normalized: Mapping[str, Any]) -> LocalParams:
-    """The :class:`LocalParams` of normalized run parameters."""
-    return LocalParams(
-        tile=normalized["tile"],
-        stride=normalized["stride"],
-        multipliers=tuple(normalized["multipliers"]),
-        shrinkage=normalized["shrinkage"],
-    )
-
-
 def local_key(normalized: Mapping[str, Any]) -> str:
     """Name of a local-mode parameter set in the work layout: ``t<tile>-s<stride>-<shrinkage>-m<...>``
     (the local mode is deterministic: no seed)."""
