@@ -86,7 +86,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     _ensure_package()
-    from ctdenoise.local_params import SHRINKAGES, LocalParams
+    from ctdenoise.local_params import INPLANE, SHRINKAGES, LocalParams
 
     local_defaults = LocalParams()
     parser = argparse.ArgumentParser(prog="dssvd.py", description="Distributed truncated SVD of a series matrix (Spark).")
@@ -97,9 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, default=local_defaults.tile, help="local mode: tile size in pixels")
     parser.add_argument("--stride", type=int, default=local_defaults.stride, help="local mode: tile stride in pixels")
     parser.add_argument("--multipliers", type=_floats, default=local_defaults.multipliers,
-                        help="local mode: threshold multipliers, comma-separated (1 = the optimal threshold)")
+                        help="local mode: threshold multipliers, comma-separated (1 = the optimal threshold of the tiles alone)")
     parser.add_argument("--shrinkage", choices=SHRINKAGES, default=local_defaults.shrinkage,
                         help="local mode: optimal shrinkage for Frobenius loss, or the optimal hard threshold")
+    parser.add_argument("--inplane", choices=INPLANE, default=local_defaults.inplane,
+                        help="local mode: in-plane stage after the tiles (nlm: non-local means per slice; none)")
+    parser.add_argument("--inplane-strength", type=float, default=local_defaults.inplane_strength,
+                        help="local mode: strength of the in-plane stage, in units of the estimate's noise")
     parser.add_argument("--oversample", type=int, default=15, help="oversampling p (stochastic)")
     parser.add_argument("--power-iters", type=int, default=2, help="power iterations q (stochastic)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random test matrix")
@@ -166,7 +170,8 @@ def local_params(args: argparse.Namespace):
     from ctdenoise.local_lowrank import LocalParams
 
     return LocalParams(
-        tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage
+        tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage,
+        inplane=args.inplane, inplane_strength=args.inplane_strength,
     ).validate(args.matrix)
 
 
@@ -192,8 +197,10 @@ def run_local(sc: Any, args: argparse.Namespace, arr: Any, session_seconds: floa
     write their rows of ``D`` straight into the uncommitted local group; the driver collects the
     per-tile statistics and commits the group at ``--local-out`` (nothing visible before).
     """
+    import numpy as np
+
     from ctdenoise import local_lowrank
-    from ctdenoise.decomposition import Timings
+    from ctdenoise.decomposition import Timings, read_row_blocks
 
     params = local_params(args)
     timings = Timings()
@@ -203,6 +210,15 @@ def run_local(sc: Any, args: argparse.Namespace, arr: Any, session_seconds: floa
     attrs = local_lowrank.group_attrs(
         params, rows, columns, args.matrix, arr.shape, int(arr.chunks[0]), arr.attrs.get("slice_noise_hu")
     )
+    scale = None if attrs["column_scale"] is None else np.asarray(attrs["column_scale"])
+
+    def read_rows(first: int, stop: int) -> np.ndarray:
+        return np.concatenate(list(read_row_blocks(args.matrix, [(first * columns, stop * columns)])), axis=0)
+
+    # The in-plane stage's noise levels: measured once, here, on a band through the middle of
+    # the image, so every executor filters each slice with the same strength.
+    with timings.stage("inplane_sigma"):
+        attrs["inplane_sigma"] = local_lowrank.inplane_sigmas(read_rows, rows, columns, params, scale)
     bands = local_lowrank.band_ranges(rows, attrs["band_rows"])
     groups = [bands[a:b] for a, b in _group_bounds(len(bands), args.partitions or 2 * sc.defaultParallelism)]
     attrs.update(partitions=len(groups), spark_master=sc.master, spark_version=sc.version, engine="spark")
@@ -210,7 +226,8 @@ def run_local(sc: Any, args: argparse.Namespace, arr: Any, session_seconds: floa
     def run_bands(work_url: str) -> list[Any]:
         sc.setJobDescription(f"dssvd local mode: {len(bands)} bands in {len(groups)} partitions")
         task = functools.partial(
-            local_lowrank.partition_task, args.matrix, work_url, rows, columns, params.as_dict(), attrs["column_scale"]
+            local_lowrank.partition_task, args.matrix, work_url, rows, columns, params.as_dict(), attrs["column_scale"],
+            attrs["inplane_sigma"],
         )
         return sc.parallelize(groups, len(groups)).mapPartitionsWithIndex(task).collect()
 

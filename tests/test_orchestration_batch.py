@@ -290,9 +290,10 @@ def test_local_mode_plans_one_output_per_multiplier_and_reports_both_modes(conve
         return batch.reconstruct_result(item, [reconstruct(**batch.reconstruct_kwargs(item))])
 
     series = converted_both["series"]
-    assert series["local_url"].endswith("/work/scan-b/local-t8-s4-frobenius-m0.5_1.5.zarr")
+    assert series["local_url"].endswith("/work/scan-b/local-t8-s4-frobenius-m0.5_1.5-nlm.zarr")
     args = batch.dssvd_arguments(converted_both)
     assert args[args.index("--local-out") + 1] == series["local_url"] and args[args.index("--multipliers") + 1] == "0.5,1.5"
+    assert args[args.index("--inplane") + 1] == "nlm"
     assert args[args.index("--out") + 1] == series["svd_url"]
     items = batch.plan_series(converted_both)
     assert [(i["mode"], i["rank"], i["multiplier"]) for i in items] == [("global", 2, None), ("local", None, 0.5), ("local", None, 1.5)]

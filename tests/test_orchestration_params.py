@@ -49,7 +49,8 @@ def test_every_param_has_a_schema_title_and_description() -> None:
 
 def test_modes_and_local_parameters() -> None:
     defaults = run_params.normalize({})
-    assert defaults["modes"] == ["global", "local"] and defaults["multipliers"] == [0.5, 1.0, 1.5]
+    assert defaults["modes"] == ["global", "local"] and defaults["multipliers"] == [0.5, 0.75, 1.0]
+    assert defaults["inplane"] == "nlm"
     local_only = run_params.normalize({"modes": ["local"], "ranks": [], "drop_percents": [], "auto_rank": False})
     assert local_only["modes"] == ["local"]  # no rank rule needed without the global mode
     with pytest.raises(ParameterError, match="no rank rule selected"):
@@ -59,8 +60,13 @@ def test_modes_and_local_parameters() -> None:
     with pytest.raises(ParameterError, match="give one or both of global, local"):
         run_params.normalize({"modes": ["tiles"]})
     assert run_params.normalize({"modes": ["local", "global"], "multipliers": [1.5, 1]})["multipliers"] == [1.0, 1.5]
-    assert run_params.local_key(defaults) == f"t{defaults['tile']}-s{defaults['stride']}-frobenius-m0.5_1_1.5"
+    assert run_params.local_key(defaults) == f"t{defaults['tile']}-s{defaults['stride']}-frobenius-m0.5_0.75_1-nlm"
+    tiles_alone = run_params.normalize({"inplane": "none"})
+    assert run_params.local_key(tiles_alone) == f"t{defaults['tile']}-s{defaults['stride']}-frobenius-m0.5_0.75_1"
     assert run_params.params_hash(defaults) != run_params.params_hash({**defaults, "multipliers": [1.0]})
+    assert run_params.params_hash(defaults) != run_params.params_hash(tiles_alone)
+    with pytest.raises(ParameterError, match="inplane must be one of nlm, none, got 'tv'"):
+        run_params.normalize({"inplane": "tv"})
 
 
 def test_a_new_local_algorithm_changes_the_hash_of_runs_that_use_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -120,3 +120,22 @@ def test_missing_or_bad_values_are_parameter_errors():
 
 def test_template_lives_in_the_spark_folder():
     assert TEMPLATE_PATH == REPO / "spark" / "sparkapplication.yaml" and TEMPLATE_PATH.exists()
+
+
+def test_the_local_mode_manifest_passes_every_local_parameter_to_the_job(crd_schema):
+    """The local mode's arguments, as the job's own parser reads them (the in-plane stage too)."""
+    import importlib.util
+
+    import jsonschema
+
+    values = {**VALUES, "local_out_url": "s3://ctdenoise/work/local.zarr", "tile": 8, "stride": 4, "multipliers": [0.5, 1.0]}
+    manifest = render_spark_application(values)
+    jsonschema.validate(manifest, crd_schema)
+    spec = importlib.util.spec_from_file_location("dssvd_for_args", REPO / "spark" / "dssvd.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    args = job.build_parser().parse_args(manifest["spec"]["arguments"])
+    assert (args.local_out, args.tile, args.stride, args.multipliers) == ("s3://ctdenoise/work/local.zarr", 8, 4, (0.5, 1.0))
+    assert args.shrinkage == "frobenius" and args.inplane == DEFAULTS["inplane"] == "nlm"
+    manifest = render_spark_application({**values, "inplane": "none"})
+    assert job.build_parser().parse_args(manifest["spec"]["arguments"]).inplane == "none"

@@ -61,7 +61,10 @@ def cmd_local(args: argparse.Namespace) -> int:
     from ctdenoise.local_lowrank import local_numpy
     from ctdenoise.local_params import LocalParams
 
-    params = LocalParams(tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage)
+    params = LocalParams(
+        tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage,
+        inplane=args.inplane, inplane_strength=args.inplane_strength,
+    )
     _emit(local_numpy(args.matrix, args.out, params))
     return 0
 
@@ -117,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_svd)
 
-    from ctdenoise.local_params import SHRINKAGES, LocalParams
+    from ctdenoise.local_params import INPLANE, SHRINKAGES, LocalParams
 
     defaults = LocalParams()
     p = sub.add_parser("local", help="single-machine local low-rank denoising (Spark job: spark/dssvd.py --local-out)")
@@ -125,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="where to publish the local low-rank group (Zarr URL)")
     p.add_argument("--tile", type=int, default=defaults.tile, help="tile size (pixels)")
     p.add_argument("--stride", type=int, default=defaults.stride, help="tile stride (pixels)")
-    p.add_argument("--multipliers", type=_floats, default=defaults.multipliers, help="threshold multipliers, e.g. 0.5,1,1.5")
+    p.add_argument("--multipliers", type=_floats, default=defaults.multipliers, help="threshold multipliers, e.g. 0.5,0.75,1")
     p.add_argument("--shrinkage", choices=SHRINKAGES, default=defaults.shrinkage)
+    p.add_argument("--inplane", choices=INPLANE, default=defaults.inplane, help="in-plane stage after the tiles (nlm or none)")
+    p.add_argument("--inplane-strength", type=float, default=defaults.inplane_strength, help="in-plane strength (x the estimate's noise)")
     p.set_defaults(func=cmd_local)
 
     p = sub.add_parser("ranks", help="ranks to reconstruct from an SVD's spectrum")

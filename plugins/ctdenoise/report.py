@@ -600,10 +600,12 @@ def write_report(
 
     local_rows, local_metric_rows, local_summary, local_maps = [], [], [], None
     if local:
-        from ctdenoise.local_params import multiplier_label
+        from ctdenoise.local_params import LocalParams, multiplier_label
 
         group, local_attrs = matrix_store.open_local(local_url, storage_options)
         multipliers = [float(x) for x in local_attrs.get("multipliers") or []]
+        inplane = local_attrs.get("inplane", "none")  # groups of version 2 have no in-plane stage
+        automatic = LocalParams(inplane=inplane).automatic_multiplier
         columns_local = local_middle_slices(group, column)
         local_maps = png_data_uri(
             local_maps_png(np.asarray(group["tile_ranks"][...]), np.asarray(group["tile_sigma"][...]), multipliers)
@@ -613,8 +615,9 @@ def write_report(
             label = f"Local {multiplier_label(mult)}"
             mt = dict(item.get("metrics") or {})
             ok = item.get("metrics") is not None
-            css = "auto" if mult == 1.0 else ("failed" if not ok else "")
-            note = f"local low-rank, {mult:g} × optimal threshold" + (f", {mt['mean_tile_rank']:.2f} components per tile" if mt.get("mean_tile_rank") is not None else "")
+            css = "auto" if mult == automatic else ("failed" if not ok else "")
+            stage = ", then non-local means per slice" if inplane == "nlm" else ""
+            note = f"local low-rank, {mult:g} × optimal threshold{stage}" + (f", {mt['mean_tile_rank']:.2f} components per tile" if mt.get("mean_tile_rank") is not None else "")
             if mult in multipliers:
                 col = columns_local[multipliers.index(mult)]
                 local_rows.append({"label": label, "note": note, "css": css, "tiles": _tiles(col, original - col, shape)})
@@ -626,7 +629,8 @@ def write_report(
         preview_rows += local_rows
         local_info = {
             "local_url": local_url,
-            **{key: local_attrs.get(key) for key in ("tile", "stride", "shrinkage", "weights", "multipliers")},
+            **{key: local_attrs.get(key) for key in ("tile", "stride", "shrinkage", "weights", "multipliers", "inplane")},
+            "automatic_multiplier": automatic,
             "summary": local_attrs.get("summary"),
             "timings": local_attrs.get("timings"),
             "outputs": local_summary,
@@ -716,7 +720,8 @@ def write_report(
             ("Ranks", ", ".join(str(e.rank) for e in entries) or "—"),
             ("Local mode", "not run" if not local else
              f"tiles {local_attrs.get('tile')} px every {local_attrs.get('stride')} px, {local_attrs.get('shrinkage')} shrinkage, "
-             f"multipliers {', '.join(f'{float(x):g}' for x in local_attrs.get('multipliers') or [])}"),
+             f"multipliers {', '.join(f'{float(x):g}' for x in local_attrs.get('multipliers') or [])} "
+             f"(automatic x{automatic:g}), in-plane stage: {'non-local means' if inplane == 'nlm' else 'none'}"),
             ("Failed ranks", ", ".join(map(str, failed)) or "none"),
         ],
         "scree": png_data_uri(scree_png(s, entries, frobenius, threshold)) if svd_url else None,

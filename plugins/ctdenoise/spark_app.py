@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "stride": _LOCAL.stride,
     "multipliers": list(_LOCAL.multipliers),
     "shrinkage": _LOCAL.shrinkage,
+    "inplane": _LOCAL.inplane,
     "driver_cores": 1,
     "driver_memory": "2g",
     "executor_cores": 2,

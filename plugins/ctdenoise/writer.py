@@ -356,7 +356,7 @@ class LocalMultiplier(Denoised):
         return (
             f"Local low-rank: {a.get('tile')}x{a.get('tile')}-pixel tiles through all slices every {a.get('stride')} "
             f"pixels, {a.get('shrinkage')} shrinkage at {self.multiplier:g} x the optimal threshold, overlaps "
-            f"averaged; ctdenoise {__version__}"
+            f"averaged{'; non-local means per slice' if a.get('inplane') == 'nlm' else ''}; ctdenoise {__version__}"
         )
 
 

@@ -364,7 +364,8 @@ def dssvd_arguments(converted: Mapping[str, Any]) -> list[str]:
         args += ["--out", v["out_url"], "--rank", str(v["rank"])]
     if v["local_out_url"]:
         args += ["--local-out", v["local_out_url"], "--tile", str(v["tile"]), "--stride", str(v["stride"]),
-                 "--multipliers", ",".join(f"{m:g}" for m in v["multipliers"]), "--shrinkage", v["shrinkage"]]  # fmt: skip
+                 "--multipliers", ",".join(f"{m:g}" for m in v["multipliers"]), "--shrinkage", v["shrinkage"],
+                 "--inplane", v["inplane"]]  # fmt: skip
     args += ["--oversample", str(v["oversample"]), "--power-iters", str(v["power_iters"]),
              "--seed", str(v["seed"]), "--method", v["method"]]  # fmt: skip
     return args
@@ -383,6 +384,7 @@ def dssvd_values(converted: Mapping[str, Any]) -> dict[str, Any]:
         "stride": p.get("stride"),
         "multipliers": [float(m) for m in p.get("multipliers") or []],
         "shrinkage": p.get("shrinkage"),
+        "inplane": p.get("inplane", "none"),
         "oversample": p["oversample"],
         "power_iters": p["power_iters"],
         "seed": p["seed"],
@@ -455,7 +457,7 @@ def _plan_local(converted: Mapping[str, Any], storage_options: Mapping[str, Any]
             "rank": None,
             "multiplier": float(m),
             "rules": ["local"],
-            "detail": {"multiplier": float(m), **{k: attrs.get(k) for k in ("tile", "stride", "shrinkage")},
+            "detail": {"multiplier": float(m), **{k: attrs.get(k) for k in ("tile", "stride", "shrinkage", "inplane")},
                        **(summary.get(multiplier_label(m)) or {})},  # fmt: skip
             "rule_details": [],
             "label": f"{folder} local {multiplier_label(m)}",

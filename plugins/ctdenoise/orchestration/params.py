@@ -25,7 +25,7 @@ from typing import Any
 
 from ctdenoise.errors import ParameterError
 from ctdenoise.local_params import ALGORITHM as LOCAL_ALGORITHM
-from ctdenoise.local_params import SHRINKAGES, LocalParams
+from ctdenoise.local_params import INPLANE, SHRINKAGES, LocalParams
 
 MODES = ("global", "local")
 LOCAL_DEFAULTS = LocalParams()
@@ -118,13 +118,19 @@ PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str, str]] = {
             "maxItems": MAX_RULE_VALUES,
         },
         "Local mode: threshold multipliers",
-        "One output per multiplier of the optimal threshold (1 = optimal; 0.5 weaker, 1.5 stronger denoising).",
+        "One output per multiplier of the tiles' optimal threshold (lower keeps more; with the in-plane stage 0.5 is the automatic one, without it 1).",
     ),
     "shrinkage": (
         LOCAL_DEFAULTS.shrinkage,
         {"type": "string", "enum": list(SHRINKAGES)},
         "Local mode: shrinkage",
         "frobenius: optimal singular value shrinkage for Frobenius loss; hard: the Gavish-Donoho hard threshold.",
+    ),
+    "inplane": (
+        LOCAL_DEFAULTS.inplane,
+        {"type": "string", "enum": list(INPLANE)},
+        "Local mode: in-plane stage",
+        "nlm: non-local means on each slice of the tile estimate (automatic strength); none: the tiles alone.",
     ),
     "force": (
         False,
@@ -137,7 +143,7 @@ PARAM_SPECS: dict[str, tuple[Any, dict[str, Any], str, str]] = {
 #: The parameters that change results (hashed into report.json).
 RESULT_PARAMS = (
     "ranks", "drop_percents", "auto_rank", "k", "oversample", "power_iters", "seed",
-    "modes", "tile", "stride", "multipliers", "shrinkage",
+    "modes", "tile", "stride", "multipliers", "shrinkage", "inplane",
 )  # fmt: skip
 
 
@@ -179,6 +185,7 @@ def normalize(params: Mapping[str, Any]) -> dict[str, Any]:
             stride=int(merged["stride"]),
             multipliers=tuple(sorted({float(m) for m in merged["multipliers"] or []})),
             shrinkage=str(merged["shrinkage"]),
+            inplane=str(merged["inplane"]),
         )
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"ct_denoise params: {exc}") from None
@@ -208,6 +215,7 @@ def normalize(params: Mapping[str, Any]) -> dict[str, Any]:
         "stride": local.stride,
         "multipliers": list(local.multipliers),
         "shrinkage": local.shrinkage,
+        "inplane": local.inplane,
         "force": bool(merged["force"]),
     }
 
@@ -228,7 +236,10 @@ def svd_key(normalized: Mapping[str, Any], svd_rank: int | None = None) -> str:
 
 
 def local_key(normalized: Mapping[str, Any]) -> str:
-    """Name of a local-mode parameter set in the work layout: ``t<tile>-s<stride>-<shrinkage>-m<...>``
-    (the local mode is deterministic: no seed)."""
+    """Name of a local-mode parameter set in the work layout:
+    ``t<tile>-s<stride>-<shrinkage>-m<...>[-<inplane>]`` (the local mode is deterministic: no seed;
+    no suffix for the tiles alone)."""
     mults = "_".join(f"{m:g}" for m in normalized["multipliers"])
-    return f"t{normalized['tile']}-s{normalized['stride']}-{normalized['shrinkage']}-m{mults}"
+    inplane = normalized.get("inplane", "none")
+    suffix = "" if inplane == "none" else f"-{inplane}"
+    return f"t{normalized['tile']}-s{normalized['stride']}-{normalized['shrinkage']}-m{mults}{suffix}"
