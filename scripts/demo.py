@@ -86,10 +86,13 @@ def evaluate(denoised: Path, truths: dict[str, Path], inputs: dict[str, Path]) -
         outputs = [
             (f"rank-{e['rank']}", f"global rank {e['rank']} ({rule_names(e.get('rules', []))})", e.get("metrics") or {})
             for e in report.get("ranks", [])
-        ] + [
-            (f"local-x{o['multiplier']:g}", f"local x{o['multiplier']:g}" + (" (optimal threshold)" if o["multiplier"] == 1 else ""),
+        ]
+        local = report.get("local") or {}
+        stage = " + NLM" if local.get("inplane") == "nlm" else ""
+        outputs += [
+            (f"local-x{o['multiplier']:g}", f"local{stage} x{o['multiplier']:g}" + (" (automatic)" if o["multiplier"] == local.get("automatic_multiplier") else ""),
              o.get("metrics") or {})
-            for o in (report.get("local") or {}).get("outputs", [])
+            for o in local.get("outputs", [])
         ]  # fmt: skip
         for folder, what, metrics in outputs:
             out_dir = report_json.parent / folder
