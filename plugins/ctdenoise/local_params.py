@@ -40,7 +40,11 @@ class LocalParams:
     shrinkage: str = "frobenius"
     weights: str = "inverse_rank"  # or "uniform"
     inplane: str = "nlm"  # or "none": the tile estimate as it is
-    inplane_strength: float = 1.0  # NLM filter strength h, in units of the tile estimate's noise
+    # NLM filter strength h, in units of the tile estimate's noise as measured on the middle band
+    # (which reads 4-9 % under the whole slice's). Measured on the quality benchmark, x0.5, 1.0 /
+    # 1.2 / 1.4: 41.84 / 42.07 / 42.06 dB at 32 slices, 37.14 / 37.10 / 36.68 at 5e3 photons,
+    # 42.02 / 42.34 / - at 301 slices.
+    inplane_strength: float = 1.2
 
     @property
     def automatic_multiplier(self) -> float:
