@@ -308,11 +308,13 @@ def test_local_mode_plans_one_output_per_multiplier_and_reports_both_modes(conve
     report = json.loads(storage.read_bytes(summary["report_json"]))
     assert [o["multiplier"] for o in report["local"]["outputs"]] == [0.5, 1.5]
     assert {o["status"] for o in report["local"]["outputs"]} == {"ok"} and report["local"]["tile"] == 8
+    assert report["local"]["inplane"] == "nlm" and report["local"]["automatic_multiplier"] == 0.5
     assert [r["rank"] for r in report["ranks"]] == [2]
     assert summary["local"] == [{"multiplier": 0.5, "output_url": items[1]["output_url"]},
                                 {"multiplier": 1.5, "output_url": items[2]["output_url"]}]  # fmt: skip
     html = storage.read_bytes(summary["report_html"]).decode()
     assert "Local low-rank tiles (local mode)" in html and "local x1.5" in html
+    assert "then non-local means per slice" in html and "(automatic x0.5), in-plane stage: non-local means" in html
 
 
 def test_local_only_run_needs_no_rank_rule_and_no_svd(tmp_path: Path) -> None:
