@@ -314,6 +314,7 @@ def test_local_mode_plans_one_output_per_multiplier_and_reports_both_modes(conve
                                 {"multiplier": 1.5, "output_url": items[2]["output_url"]}]  # fmt: skip
     html = storage.read_bytes(summary["report_html"]).decode()
     assert "Local low-rank tiles (local mode)" in html and "local x1.5" in html
+    assert "the automatic output, x0.5, is highlighted" in html
     assert "then non-local means per slice" in html and "(automatic x0.5), in-plane stage: non-local means" in html
 
 

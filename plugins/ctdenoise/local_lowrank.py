@@ -43,7 +43,7 @@ most of the noise that does not; non-local means then removes what is left, tell
 noise by patch similarity *within* the slice, which the tiles cannot. Its strength ``h`` is
 ``inplane_strength`` times the noise of the estimate it filters (:func:`inplane_sigmas`,
 measured once per series). Measured on the quality benchmark (256 x 256 x 32, 2e4 photons):
-41.8 dB against 37.5 for the tiles alone at their optimum, 39.5 for hand-tuned total
+42.1 dB against 37.5 for the tiles alone at their optimum, 39.5 for hand-tuned total
 variation and 41.1 for hand-tuned non-local means on the input; it costs more than the tiles
 (one filter per slice and multiplier, ~26 ms per 256 x 256 slice).
 

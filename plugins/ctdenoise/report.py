@@ -726,6 +726,7 @@ def write_report(
         ],
         "scree": png_data_uri(scree_png(s, entries, frobenius, threshold)) if svd_url else None,
         "local_maps": local_maps,
+        "local_automatic": None if not local else f"{automatic:g}",
         "threshold": None if threshold is None else f"{threshold:.6g}",
         "gd_noise": _plain(gd.get("noise")) if gd.get("noise") else None,
         "gd_note": _plain(gd.get("note")) if gd.get("note") else None,
