@@ -464,12 +464,16 @@ def find(rows: list[Row], prefix: str) -> Row | None:
     return next((r for r in rows if r.method.startswith(prefix) and r.metrics), None)
 
 
+def find_automatic(rows: list[Row]) -> Row | None:
+    """The local mode's automatic row, as the pipeline runs it (the first of ``LOCAL_VARIANTS``)."""
+    return next((r for r in rows if r.method.startswith(f"{LOCAL_VARIANTS[0][0]} ") and "(automatic)" in r.method and r.metrics), None)
+
+
 def targets(results: dict[float, list[Row]], high: float, low: float) -> list[tuple[str, bool | None, str]]:
     """``(target, met or None when not measurable, value)`` for each target of the issue."""
     out: list[tuple[str, bool | None, str]] = []
     rows = results[high]
-    automatic = f"{LOCAL_VARIANTS[0][0]} "
-    local = next((r for r in rows if r.method.startswith(automatic) and "(automatic)" in r.method and r.metrics), None)
+    local = find_automatic(rows)
     base = rows[0].metrics
     if local is None:
         return [("local automatic row present", False, "missing")]
@@ -489,7 +493,7 @@ def targets(results: dict[float, list[Row]], high: float, low: float) -> list[tu
                 f"{lm['cnr']:.2f} vs {base['cnr']:.2f}"))
     if low in results:
         low_rows = results[low]
-        low_local = next((r for r in low_rows if r.method.startswith(automatic) and "(automatic)" in r.method and r.metrics), None)
+        low_local = find_automatic(low_rows)
         if low_local is not None:
             gain = low_local.metrics["psnr_full"] - low_rows[0].metrics["psnr_full"]
             out.append((f"local automatic at {low:g} photons: gain over the input >= +6 dB (vs full dose)", gain >= 6, f"{gain:+.2f} dB"))

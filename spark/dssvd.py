@@ -2,7 +2,8 @@
 
     spark-submit spark/dssvd.py --matrix URL [--out URL --rank K] [--local-out URL] \\
         [--oversample 15] [--power-iters 2] [--seed 0] [--method auto|stochastic|exact] [--with-u] \\
-        [--tile 12] [--stride 6] [--multipliers 0.5,1,1.5] [--shrinkage frobenius|hard]
+        [--tile 12] [--stride 6] [--multipliers 0.5,0.75,1] [--shrinkage frobenius|hard] \\
+        [--inplane nlm|none] [--inplane-strength 1.2]
 
 Two modes, one job (both in one SparkContext when both outputs are given):
 
@@ -200,7 +201,7 @@ def run_local(sc: Any, args: argparse.Namespace, arr: Any, session_seconds: floa
     import numpy as np
 
     from ctdenoise import local_lowrank
-    from ctdenoise.decomposition import Timings, read_row_blocks
+    from ctdenoise.decomposition import Timings
 
     params = local_params(args)
     timings = Timings()
@@ -212,9 +213,7 @@ def run_local(sc: Any, args: argparse.Namespace, arr: Any, session_seconds: floa
     )
     scale = None if attrs["column_scale"] is None else np.asarray(attrs["column_scale"])
 
-    def read_rows(first: int, stop: int) -> np.ndarray:
-        return np.concatenate(list(read_row_blocks(args.matrix, [(first * columns, stop * columns)])), axis=0)
-
+    read_rows = functools.partial(local_lowrank.read_image_rows, args.matrix, columns)
     # The in-plane stage's noise levels: measured once, here, on a band through the middle of
     # the image, so every executor filters each slice with the same strength.
     with timings.stage("inplane_sigma"):

@@ -223,6 +223,7 @@ def denoise_rows(
     columns: int,
     params: LocalParams,
     column_scale: np.ndarray | None = None,
+    stats_rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, TileStats]:
     """Denoised matrix rows of image rows ``[row_start, row_stop)`` for every multiplier.
 
@@ -231,7 +232,8 @@ def denoise_rows(
     ``column_scale`` (one positive value per slice, :func:`column_scales`) divides each slice
     before the tiles are decomposed and multiplies it back after. Returns
     ``(D (n_mult, (row_stop - row_start) * columns, n) float32, stats)``; ``stats`` lists the
-    tiles whose first row lies in the band (each tile is reported by exactly one band).
+    tiles whose first row lies in ``stats_rows`` (default: the band), so that each tile is
+    reported by exactly one band also when a band is computed with a halo around it.
     """
     n = block.shape[1]
     vol = np.asarray(block).reshape(-1, columns, n)
@@ -245,6 +247,7 @@ def denoise_rows(
     col_starts = tile_starts(columns, params.tile, params.stride)
     n_mult = len(params.multipliers)
     height = row_stop - row_start
+    report_start, report_stop = stats_rows or (row_start, row_stop)
     # Spectra in float64 (the median noise eigenvalue sits ~1e5 below the largest); products
     # and sums in float32, the output's precision (half the memory traffic of the adds).
     acc = np.zeros((n_mult, height, columns, n), dtype=np.float32)
@@ -284,7 +287,7 @@ def denoise_rows(
                 view += est[sel].transpose(1, 0, 2, 3)
                 wview = wsum[i, rs, c_first : c_first + k * tile_c].reshape(hi - lo, k, tile_c)
                 wview += weights[i, sel][None, :, None]
-        if row_start <= r0 < row_stop:
+        if report_start <= r0 < report_stop:
             for j, c0 in enumerate(col_starts):
                 stats.starts.append((r0, c0))
                 stats.sigma.append(float(sigma[j]))
@@ -340,16 +343,11 @@ def denoise_band(
     into bands. Returns ``(D (n_mult, (row_stop - row_start) * columns, n) float32, stats)``.
     """
     start, stop, _, _ = band_input_rows(row_start, row_stop, rows, params)
-    D, wide = denoise_rows(block, block_row_start, start, stop, rows, columns, params, column_scale)
-    stats = TileStats()
-    for (r0, c0), sg, rk in zip(wide.starts, wide.sigma, wide.ranks, strict=True):
-        if row_start <= r0 < row_stop:  # tiles first seen in the halo belong to the next band
-            stats.starts.append((r0, c0))
-            stats.sigma.append(sg)
-            stats.ranks.append(rk)
+    # tiles first seen in the halo belong to the neighbouring band
+    D, stats = denoise_rows(block, block_row_start, start, stop, rows, columns, params, column_scale, (row_start, row_stop))
+    if params.inplane == "none":  # no halo: the tile pass covered the band exactly
+        return D, stats
     lo, hi = (row_start - start) * columns, (row_stop - start) * columns
-    if params.inplane == "none":
-        return (D if (lo, hi) == (0, D.shape[1]) else np.ascontiguousarray(D[:, lo:hi])), stats
     n_mult, _, n = D.shape
     if inplane_sigma is None or np.shape(inplane_sigma) != (n_mult, n):
         raise ParameterError(f"in-plane stage: noise levels of shape {np.shape(inplane_sigma)}, need ({n_mult}, {n})")
@@ -414,6 +412,14 @@ def inplane_sigmas(
     return out
 
 
+def read_image_rows(matrix_url: str, columns: int, first: int, stop: int) -> np.ndarray:
+    """The series matrix rows of image rows ``[first, stop)``, read from ``matrix_url`` (the
+    driver's noise-level band and each executor's rows go through here)."""
+    from ctdenoise.decomposition import read_row_blocks
+
+    return np.concatenate(list(read_row_blocks(matrix_url, [(first * columns, stop * columns)])), axis=0)
+
+
 def partition_task(
     matrix_url: str,
     out_url: str,
@@ -434,7 +440,6 @@ def partition_task(
     of ``D``, so no two partitions write the same chunk. Lives here, not in the Spark job, so
     executors import it by name; S3 access comes from the environment (``AWS_*``).
     """
-    from ctdenoise.decomposition import read_row_blocks
     from ctdenoise.matrix_store import write_local_band
 
     p = LocalParams.from_dict(params)
@@ -445,7 +450,7 @@ def partition_task(
     if any(a != b for (_, a), (b, _) in zip(bands, bands[1:])):
         raise ValueError(f"partition {index}: bands {bands} are not contiguous")
     _, _, first, last = band_input_rows(start, stop, rows, p)
-    block = np.concatenate(list(read_row_blocks(matrix_url, [(first * columns, last * columns)])), axis=0)
+    block = read_image_rows(matrix_url, columns, first, last)
     scale = None if column_scale is None else np.asarray(column_scale, dtype=np.float64)
     sigma = None if inplane_sigma is None else np.asarray(inplane_sigma, dtype=np.float64)
     D, stats = denoise_band(block, first, start, stop, rows, columns, p, scale, sigma)
