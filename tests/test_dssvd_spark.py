@@ -302,6 +302,8 @@ def test_local_mode_matches_the_numpy_engine_and_publishes_both_groups(spark, ds
     params = LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0))
     expected, _ = denoise_matrix(A.astype(np.float32), 64, 64, params, slice_noise=SLICE_NOISE)
     np.testing.assert_allclose(group["D"][...], expected, rtol=1e-6, atol=1e-3)
+    n = A.shape[1]
+    np.testing.assert_array_equal(group["middle_slice"][...], group["D"][:, :, n // 2])  # every executor's band of it
     assert attrs["column_scale"][0] == 1.0 and attrs["column_scale"][-1] > attrs["column_scale"][1]
     unscaled, _ = denoise_matrix(A.astype(np.float32), 64, 64, params)
     assert not np.allclose(unscaled, expected, rtol=1e-6, atol=1e-3)  # the levels did reach the executors

@@ -137,6 +137,12 @@ def test_local_numpy_publishes_the_group(tmp_path) -> None:
     group, attrs = open_local(record["local"])
     expected, _ = llr.denoise_matrix(as_matrix(noisy).astype(np.float32), rows, columns, params)
     np.testing.assert_allclose(group["D"][...], expected, atol=1e-4)
+    # The report's copy of the middle slice (slice 5 of 10), written band by band with D.
+    np.testing.assert_array_equal(group["middle_slice"][...], group["D"][:, :, 5])
+    from ctdenoise.report import local_middle_slices
+
+    np.testing.assert_array_equal(np.stack(local_middle_slices(group, 5)), group["D"][:, :, 5])
+    np.testing.assert_array_equal(np.stack(local_middle_slices(group, 3)), group["D"][:, :, 3])  # any other column: from D
     assert attrs["mode"] == "local" and attrs["matrix_url"] == url and attrs["multipliers"] == [0.5, 1.0]
     assert group["tile_ranks"].shape == (2, 5, 4) and group["tile_sigma"].shape == (5, 4)  # 24 rows, 20 columns
     assert set(record["summary"]["multipliers"]) == {"x0.5", "x1"} and record["timings"]["compute_total"] > 0

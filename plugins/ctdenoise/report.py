@@ -473,7 +473,15 @@ def _row_css(entry: RankEntry) -> str:
 
 
 def local_middle_slices(group: Any, column: int) -> list[np.ndarray]:
-    """Column ``column`` of ``D[i]`` (the middle slice) for every multiplier of a local group."""
+    """Column ``column`` of ``D[i]`` (the middle slice) for every multiplier of a local group.
+
+    Read from the group's ``middle_slice`` copy when the job wrote one for this column (a few MB);
+    groups written before it existed give it from ``D``, whose every chunk holds a part of it."""
+    from ctdenoise import matrix_store
+
+    if "middle_slice" in group and column == matrix_store.middle_column(group["D"].shape[2]):
+        middle = np.asarray(group["middle_slice"][...], dtype=np.float64)
+        return list(middle)
     D = group["D"]
     return [np.asarray(D[i, :, column], dtype=np.float64) for i in range(D.shape[0])]
 
@@ -573,7 +581,7 @@ def write_report(
     description = str(_header_value(attrs.get("header") or {}, "0008103E") or "")
 
     # Middle slice (the writer's preview slice too): original, every computable rank, reference.
-    column = n // 2
+    column = matrix_store.middle_column(n)
     original, recon = middle_slice_reconstructions(matrix, V, [e.rank for e in entries if e.rank <= k], column)
     reference = None
     if reference_url:

@@ -127,7 +127,7 @@ def _validate_rank(rank: Any, k: int, svd_url: str) -> int:
 def _sample_columns(n: int) -> list[int]:
     """Slices used for SSIM: up to MAX_SAMPLE_SLICES spread over the series, and the middle one."""
     picks = {int(round(x)) for x in np.linspace(0, n - 1, min(n, MAX_SAMPLE_SLICES))}
-    picks.add(n // 2)
+    picks.add(matrix_store.middle_column(n))
     return sorted(picks)
 
 
@@ -426,7 +426,7 @@ def reconstruct(
     )
     m, n = matrix.shape
     samples = _sample_columns(n)
-    middle = samples.index(n // 2)
+    middle = samples.index(matrix_store.middle_column(n))
     stored = np.empty((n, m), dtype=fmt.dtype)  # slice-major: each slice contiguous
     input_samples = np.empty((len(samples), m), dtype=np.float32)
     reference_samples = np.empty((len(samples), m), dtype=np.float32) if reference is not None else None
@@ -495,7 +495,7 @@ def reconstruct(
             staged / "preview.png",
             input_samples_2d[middle],
             denoised_samples[middle],
-            title=f"series ...{source.series_instance_uid[-12:]}  slice {n // 2 + 1}/{n}  {denoised.label}{of_k}",
+            title=f"series ...{source.series_instance_uid[-12:]}  slice {matrix_store.middle_column(n) + 1}/{n}  {denoised.label}{of_k}",
             labels=("input", f"denoised ({denoised.label})", "input - denoised"),
             pixel_spacing=spacing,
         )
