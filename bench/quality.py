@@ -469,6 +469,11 @@ def find_automatic(rows: list[Row]) -> Row | None:
     return next((r for r in rows if r.method.startswith(f"{LOCAL_VARIANTS[0][0]} ") and "(automatic)" in r.method and r.metrics), None)
 
 
+# The low-dose input's PSNR against the full dose in the issue's table (another simulation of
+# the same kind): printed beside ours, so that a reader can tell the doses apart.
+ISSUE_INPUT_PSNR_DB = 36.7
+
+
 def targets(results: dict[float, list[Row]], high: float, low: float) -> list[tuple[str, bool | None, str]]:
     """``(target, met or None when not measurable, value)`` for each target of the issue."""
     out: list[tuple[str, bool | None, str]] = []
@@ -583,6 +588,9 @@ def main() -> int:
         verdict = "NOT MEASURED" if met is None else ("MET" if met else "NOT MET")
         print(f"target: {name}: {verdict} ({value})")
     print("# note: absolute PSNRs depend on the phantom; the gain columns (dB over the input) compare across setups.")
+    print(f"# the issue's targets were set on a simulation whose input was {ISSUE_INPUT_PSNR_DB} dB at its 2e4 photons; "
+          f"this run's input at {args.photons:g} is {results[args.photons][0].metrics['psnr_full']:.2f} dB "
+          f"(README: the dose whose input matches the issue's)")
     total = time.perf_counter() - started
     print(f"# total {total:.1f} s; load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
