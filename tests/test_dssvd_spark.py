@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import socket
@@ -122,6 +123,9 @@ def spark(dssvd, s3_bucket):
     sc.setLogLevel("ERROR")
     yield sc
     sc.stop()
+    # py4j closes its leftover connections from __del__ at interpreter exit and logs that at INFO,
+    # into a stream pytest has closed by then ("--- Logging error ---" at the end of the run).
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="module")
