@@ -316,6 +316,7 @@ def main() -> int:
     parser.add_argument("--quiet-timeout", type=float, default=120.0, help="longest wait for a quiet machine (s)")
     parser.add_argument("--child", nargs=3, metavar=("PEER", "MATRIX", "K"), help=argparse.SUPPRESS)
     parser.add_argument("--method", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--inplane", default="nlm", help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = Path(args.workdir)
     if args.child:
@@ -323,7 +324,7 @@ def main() -> int:
         if name == "job":
             result = this_job(url, k, args.method, workdir)
         elif name == "job_local":
-            result = this_job_local(url, workdir, args.method)
+            result = this_job_local(url, workdir, args.inplane)
         else:
             result = peer(name, url, k, workdir)
         print(json.dumps(result))
@@ -341,8 +342,8 @@ def main() -> int:
         ("this job, auto (exact), k=10", ["--child", "job", url, "10", "--method", "auto"], 10),
         ("this job, stochastic, k=10", ["--child", "job", url, "10", "--method", "stochastic"], 10),
         ("this job, stochastic, k=50", ["--child", "job", url, "50", "--method", "stochastic"], 50),
-        (LOCAL_ROW, ["--child", "job_local", url, "0", "--method", "nlm"], 0),
-        (LOCAL_TILES_ROW, ["--child", "job_local", url, "0", "--method", "none"], 0),
+        (LOCAL_ROW, ["--child", "job_local", url, "0", "--inplane", "nlm"], 0),
+        (LOCAL_TILES_ROW, ["--child", "job_local", url, "0", "--inplane", "none"], 0),
         ("svd_numpy, exact (same kernels, 1 process)", ["--child", "svd_numpy", url, "50"], 50),
         ("numpy.linalg.svd thin (float32)", ["--child", "numpy_svd", url, "50"], 50),
         ("numpy Gram (float64) + eigh", ["--child", "numpy_gram_eigh", url, "50"], 50),
