@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -364,6 +364,24 @@ def denoise_band(
     return out, stats
 
 
+def denoised_bands(
+    read_rows: Any,
+    bands: Sequence[tuple[int, int]],
+    rows: int,
+    columns: int,
+    params: LocalParams,
+    column_scale: np.ndarray | None = None,
+    inplane_sigma: np.ndarray | None = None,
+) -> Iterator[tuple[int, int, np.ndarray, TileStats]]:
+    """:func:`denoise_band` of each band in turn, reading the input rows it needs (its tiles and
+    halo, :func:`band_input_rows`) with ``read_rows(first, stop)`` (as for :func:`inplane_sigmas`):
+    ``(row_start, row_stop, D, stats)``. Each band's input is dropped before the next is read."""
+    for start, stop in bands:
+        _, _, first, last = band_input_rows(start, stop, rows, params)
+        D, stats = denoise_band(read_rows(first, last), first, start, stop, rows, columns, params, column_scale, inplane_sigma)
+        yield start, stop, D, stats
+
+
 SIGMA_SAMPLE_ROWS = 48
 
 
@@ -449,14 +467,12 @@ def partition_task(
     start, stop = bands[0][0], bands[-1][1]
     if any(a != b for (_, a), (b, _) in zip(bands, bands[1:])):
         raise ValueError(f"partition {index}: bands {bands} are not contiguous")
-    _, _, first, last = band_input_rows(start, stop, rows, p)
-    block = read_image_rows(matrix_url, columns, first, last)
     scale = None if column_scale is None else np.asarray(column_scale, dtype=np.float64)
     sigma = None if inplane_sigma is None else np.asarray(inplane_sigma, dtype=np.float64)
-    D, stats = denoise_band(block, first, start, stop, rows, columns, p, scale, sigma)
-    del block
-    write_local_band(out_url, start * columns, stop * columns, D)
-    yield start, stop, stats
+    read_rows = functools.partial(read_image_rows, matrix_url, columns)
+    for a, b, D, stats in denoised_bands(read_rows, [(start, stop)], rows, columns, p, scale, sigma):
+        write_local_band(out_url, a * columns, b * columns, D)
+        yield a, b, stats
 
 
 def _disjoint_classes(starts: Sequence[int], tile: int) -> list[tuple[list[int], int]]:
@@ -504,13 +520,14 @@ def denoise_matrix(
     A = np.asarray(A)
     if A.ndim != 2 or A.shape[0] != rows * columns:
         raise ParameterError(f"matrix of shape {A.shape} is not (rows*columns, slices) = ({rows * columns}, n)")
-    sigma = inplane_sigmas(lambda a, b: A[a * columns : b * columns], rows, columns, params, scale)
+    def read_rows(first: int, stop: int) -> np.ndarray:
+        return A[first * columns : stop * columns]
+
+    sigma = inplane_sigmas(read_rows, rows, columns, params, scale)
     sigma = None if sigma is None else np.asarray(sigma)
     out = np.empty((len(params.multipliers), A.shape[0], A.shape[1]), dtype=np.float32)
     parts = []
-    for start, stop in band_ranges(rows, band_rows):
-        _, _, first, last = band_input_rows(start, stop, rows, params)
-        D, band_stats = denoise_band(A[first * columns : last * columns], first, start, stop, rows, columns, params, scale, sigma)
+    for start, stop, D, band_stats in denoised_bands(read_rows, band_ranges(rows, band_rows), rows, columns, params, scale, sigma):
         out[:, start * columns : stop * columns] = D
         parts.append(band_stats)
     return out, merge_stats(parts)
@@ -660,15 +677,16 @@ def local_numpy(matrix_url: str, out_url: str, params: LocalParams, storage_opti
     attrs = group_attrs(params, rows, columns, matrix_url, arr.shape, int(arr.chunks[0]), arr.attrs.get("slice_noise_hu"))
     attrs["engine"] = "numpy"
     scale = None if attrs["column_scale"] is None else np.asarray(attrs["column_scale"])
+    def read_rows(first: int, stop: int) -> np.ndarray:
+        return arr[first * columns : stop * columns]
+
     timings = Timings()
     with timings.stage("inplane_sigma"):
-        attrs["inplane_sigma"] = inplane_sigmas(lambda a, b: arr[a * columns : b * columns], rows, columns, params, scale)
+        attrs["inplane_sigma"] = inplane_sigmas(read_rows, rows, columns, params, scale)
     sigma = None if attrs["inplane_sigma"] is None else np.asarray(attrs["inplane_sigma"])
 
     def run_bands(work: str):
-        for a, b in band_ranges(rows, attrs["band_rows"]):
-            _, _, first, last = band_input_rows(a, b, rows, params)
-            D, stats = denoise_band(arr[first * columns : last * columns], first, a, b, rows, columns, params, scale, sigma)
+        for a, b, D, stats in denoised_bands(read_rows, band_ranges(rows, attrs["band_rows"]), rows, columns, params, scale, sigma):
             write_local_band(work, a * columns, b * columns, D, storage_options)
             yield a, b, stats
 
