@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -18,8 +20,11 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("MPLBACKEND", "Agg")
-# Airflow must never touch ~/airflow from the tests: a private home for the whole session.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="ctdenoise-tests-airflow-"))
+# Airflow must never touch ~/airflow from the tests: a private home for the whole session,
+# removed at exit (one was left in /tmp by every run).
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="ctdenoise-tests-airflow-")
+    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 
