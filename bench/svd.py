@@ -8,9 +8,10 @@ Gaussian noise, or ``--matrix`` for a converted series) it measures
 - this job (``spark-submit --master local[2] spark/dssvd.py``): the compute time recorded by the
   job (``timings.compute_total``: from opening the matrix to the SVD in memory, without the JVM,
   session and Python-worker start) and the wall time of the whole spark-submit;
-- this job in local mode (``--local-out``, default tiles and multipliers; with its in-plane
-  stage and, a second row, the tiles alone, ``--inplane none``): its compute time
-  against the global exact compute time (the issue's target: within 3x);
+- this job in local mode (``--local-out``) in three settings: the default (tiles, then its
+  in-plane stage; 3 multipliers), its tiles alone (``--inplane none``) and the fast setting
+  (``local_params.FAST``: 8 px tiles without overlap, x1, no in-plane stage): each one's compute
+  time against the global exact compute time (the issue's target: within 3x);
 - ``svd_numpy`` (the same kernels in one process);
 - ``numpy.linalg.svd`` thin, numpy Gram + ``eigh``, scikit-learn ``randomized_svd`` (k=10, 50;
   p=15, q=2; default normalizer and LU), Spark MLlib ``RowMatrix.computeSVD`` (k=10);
@@ -220,15 +221,24 @@ def _submit_job(*job_args: str) -> tuple[dict[str, Any], float]:
     return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1]), wall
 
 
-def this_job_local(matrix_url: str, workdir: Path, inplane: str) -> dict[str, Any]:
-    """This job in local mode (``--local-out``) with the default local parameters and ``--inplane``."""
-    record, wall = _submit_job("--matrix", matrix_url, "--local-out", str(workdir / f"job_local_{inplane}.zarr"), "--inplane", inplane)
+LOCAL_ROWS = {
+    "default": "this job, local mode (default: tiles + NLM; 3 multipliers)",
+    "tiles": "this job, local mode, tiles alone (--inplane none)",
+    "fast": "this job, local mode, fast setting (8 px tiles, stride 8, x1, --inplane none)",
+}
+"""The local-mode rows: the default, its tile stage alone, and ``local_params.FAST``."""
+
+
+def this_job_local(matrix_url: str, workdir: Path, variant: str) -> dict[str, Any]:
+    """This job in local mode (``--local-out``) with one of the :data:`LOCAL_ROWS` parameter sets."""
+    from ctdenoise.local_params import BENCH_SETTINGS
+
+    p = BENCH_SETTINGS[variant]
+    record, wall = _submit_job("--matrix", matrix_url, "--local-out", str(workdir / f"job_local_{variant}.zarr"),
+                               "--tile", str(p.tile), "--stride", str(p.stride), "--inplane", p.inplane,
+                               "--multipliers", ",".join(f"{m:g}" for m in p.multipliers), "--shrinkage", p.shrinkage)
     return {"seconds": record["timings"]["compute_total"], "wall": wall, "timings": record["timings"],
             "summary": record["summary"], "s": None}  # fmt: skip
-
-
-LOCAL_ROW = "this job, local mode (default: tiles + NLM; 3 multipliers)"
-LOCAL_TILES_ROW = "this job, local mode, tiles alone (--inplane none)"
 
 
 def this_job(matrix_url: str, k: int, method: str, workdir: Path) -> dict[str, Any]:
@@ -316,7 +326,7 @@ def main() -> int:
     parser.add_argument("--quiet-timeout", type=float, default=120.0, help="longest wait for a quiet machine (s)")
     parser.add_argument("--child", nargs=3, metavar=("PEER", "MATRIX", "K"), help=argparse.SUPPRESS)
     parser.add_argument("--method", default="auto", help=argparse.SUPPRESS)
-    parser.add_argument("--inplane", default="nlm", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="default", choices=sorted(LOCAL_ROWS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = Path(args.workdir)
     if args.child:
@@ -324,7 +334,7 @@ def main() -> int:
         if name == "job":
             result = this_job(url, k, args.method, workdir)
         elif name == "job_local":
-            result = this_job_local(url, workdir, args.inplane)
+            result = this_job_local(url, workdir, args.variant)
         else:
             result = peer(name, url, k, workdir)
         print(json.dumps(result))
@@ -342,8 +352,7 @@ def main() -> int:
         ("this job, auto (exact), k=10", ["--child", "job", url, "10", "--method", "auto"], 10),
         ("this job, stochastic, k=10", ["--child", "job", url, "10", "--method", "stochastic"], 10),
         ("this job, stochastic, k=50", ["--child", "job", url, "50", "--method", "stochastic"], 50),
-        (LOCAL_ROW, ["--child", "job_local", url, "0", "--inplane", "nlm"], 0),
-        (LOCAL_TILES_ROW, ["--child", "job_local", url, "0", "--inplane", "none"], 0),
+        *((label, ["--child", "job_local", url, "0", "--variant", variant], 0) for variant, label in LOCAL_ROWS.items()),
         ("svd_numpy, exact (same kernels, 1 process)", ["--child", "svd_numpy", url, "50"], 50),
         ("numpy.linalg.svd thin (float32)", ["--child", "numpy_svd", url, "50"], 50),
         ("numpy Gram (float64) + eigh", ["--child", "numpy_gram_eigh", url, "50"], 50),
@@ -421,11 +430,13 @@ def main() -> int:
         r_mllib = ratio("MLlib computeSVD k=10 / this job exact compute", rows["Spark MLlib RowMatrix.computeSVD k=10"]["seconds"], exact["seconds"])
         targets.append((">= 50x faster than MLlib computeSVD k=10", r_mllib >= 50, f"{r_mllib:.0f}x"))
     del r_gram
-    local = rows[LOCAL_ROW]
+    local = rows[LOCAL_ROWS["default"]]
     r_local = ratio("this job local mode (tiles + NLM) compute / this job exact compute", local["seconds"], exact["seconds"])
-    r_tiles = ratio("this job local mode, tiles alone, compute / this job exact compute", rows[LOCAL_TILES_ROW]["seconds"], exact["seconds"])
+    r_tiles = ratio("this job local mode, tiles alone, compute / this job exact compute", rows[LOCAL_ROWS["tiles"]]["seconds"], exact["seconds"])
+    r_fast = ratio("this job local mode, fast setting, compute / this job exact compute", rows[LOCAL_ROWS["fast"]]["seconds"], exact["seconds"])
     targets.append(("local mode compute within 3x of the global exact compute", r_local <= 3, f"{r_local:.2f}x"))
     targets.append(("local mode, tiles alone (--inplane none), within 3x of the global exact compute", r_tiles <= 3, f"{r_tiles:.2f}x"))
+    targets.append(("local mode, fast setting (local_params.FAST; its quality: bench/quality.py), within 3x", r_fast <= 3, f"{r_fast:.2f}x"))
     print(f"# local mode summary: {json.dumps(local.get('summary'))}")
     print(f"# local mode timings (tiles + NLM): {json.dumps(local.get('timings'))}")
     print()
