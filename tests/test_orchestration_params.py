@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ctdenoise.errors import ParameterError
+from ctdenoise.local_params import BENCH_SETTINGS, LocalParams
 from ctdenoise.orchestration import params as run_params
 
 
@@ -78,3 +79,14 @@ def test_a_new_local_algorithm_changes_the_hash_of_runs_that_use_it(monkeypatch:
     monkeypatch.setattr(run_params, "LOCAL_ALGORITHM", "another/3")
     assert run_params.params_hash(both) != before[0]
     assert run_params.params_hash(global_only) == before[1]
+
+
+@pytest.mark.parametrize("name", sorted(BENCH_SETTINGS))
+def test_the_benchmarked_local_settings_are_run_parameters(name: str) -> None:
+    """What bench/svd.py and bench/quality.py measure (e.g. the fast setting) a site can run as
+    it stands: the DAG's run parameters take it, and its automatic output is one of its outputs."""
+    setting = BENCH_SETTINGS[name]
+    conf = {k: v for k, v in setting.as_dict().items() if k in run_params.PARAM_SPECS}
+    normalized = run_params.normalize({"modes": ["local"], **conf})
+    assert LocalParams.from_dict(normalized) == setting.validate()
+    assert setting.automatic_multiplier in setting.multipliers
