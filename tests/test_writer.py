@@ -208,6 +208,20 @@ def test_local_mode_uids_differ_from_the_global_ranks(local_out: tuple[Path, dic
     assert local_out[1]["series_instance_uid"] != rank_out[1]["series_instance_uid"]
 
 
+@pytest.mark.parametrize("change", [{"inplane": "none"}, {"inplane_strength": 2.0}, {"weights": "uniform"}])
+def test_local_mode_uids_differ_between_settings(case: PhantomCase, local_out: tuple[Path, dict, str], tmp_path: Path, change: dict) -> None:
+    """Another setting gives other pixels, so it must not reuse the series (and SOP) UIDs."""
+    from ctdenoise.local_lowrank import local_numpy
+    from ctdenoise.local_params import LocalParams
+
+    params = LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0), **change)
+    other_url = local_numpy(case.matrix_url, str(tmp_path / "other.zarr"), params)["local"]
+    other = reconstruct(case.matrix_url, other_url, str(tmp_path / "other-x1"), multiplier=1.0)
+    assert other["series_instance_uid"] != local_out[1]["series_instance_uid"]
+    sops = {ds.SOPInstanceUID for ds in read_series(tmp_path / "other-x1" / "dicom")}
+    assert sops.isdisjoint(ds.SOPInstanceUID for ds in read_series(local_out[0] / "dicom"))
+
+
 def test_local_mode_refuses_a_multiplier_not_computed_and_rank_with_multiplier(
     case: PhantomCase, local_out: tuple[Path, dict, str], tmp_path: Path
 ) -> None:

@@ -298,6 +298,15 @@ class GlobalRank(Denoised):
         )
 
 
+def local_uid_keys() -> tuple[str, ...]:
+    """The local group's attributes a derived series UID depends on besides its multiplier: the
+    algorithm and every parameter that changes its pixels (all of :class:`LocalParams` but the
+    list of multipliers), so outputs of other settings never share a UID."""
+    from ctdenoise.local_params import LocalParams
+
+    return ("algorithm", *(name for name in LocalParams.__dataclass_fields__ if name != "multipliers"))
+
+
 class LocalMultiplier(Denoised):
     """The local low-rank estimate at one threshold multiplier (``D[i]`` of the local group)."""
 
@@ -329,7 +338,7 @@ class LocalMultiplier(Denoised):
             "ctdenoise-local-derived",
             source.series_instance_uid,
             f"multiplier={value:g}",
-            *(f"{key}={self.attrs.get(key)}" for key in ("algorithm", "tile", "stride", "shrinkage", "weights")),
+            *(f"{key}={self.attrs.get(key)}" for key in local_uid_keys()),
         )
 
     def block(self, start: int, stop: int, A_block: np.ndarray) -> np.ndarray:
