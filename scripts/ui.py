@@ -14,11 +14,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ctdenoise.orchestration import devenv
+from ctdenoise.orchestration import params as run_params
 
 REPO = Path(__file__).resolve().parents[1]
 HOME = REPO / ".airflow"
@@ -61,8 +61,8 @@ def main() -> int:
         print(
             "\nAirflow UI: http://127.0.0.1:8080  (no login: every user is admin on this local instance)\n"
             f"The scheduled run for {yesterday} starts at once and processes the sample. To run again:\n"
-            f"DAGs > ct_denoise > Trigger, logical date {yesterday}, with force on (the form shows ranks,\n"
-            "drop_percents, auto_rank, k, oversample, power_iters, seed, force). Ctrl-C stops everything.\n"
+            f"DAGs > ct_denoise > Trigger, logical date {yesterday}, with force on (the form shows\n"
+            f"{', '.join(run_params.PARAM_SPECS)}). Ctrl-C stops everything.\n"
         )
         airflow = str(Path(sys.executable).parent / "airflow")
         proc = subprocess.Popen([airflow, "standalone"], env=env, start_new_session=True)
@@ -73,13 +73,7 @@ def main() -> int:
             return 0
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                for _ in range(30):
-                    if proc.poll() is not None:
-                        break
-                    time.sleep(1)
-                else:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                devenv.stop_group(proc)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import shutil
 import sqlite3
 import subprocess
@@ -153,17 +154,31 @@ def _airflow(args: list[str], env: Mapping[str, str], log: Path, timeout: float)
     with open(log, "ab") as out:
         out.write(f"\n$ airflow {' '.join(args)}\n".encode())
         out.flush()
+        # Its own session, so its Spark JVM and workers can be stopped as one group; that also
+        # keeps Ctrl-C from reaching it, so on any interruption (timeout, KeyboardInterrupt,
+        # the demo's SIGTERM handler) the group is stopped here before the error goes on.
         proc = subprocess.Popen([airflow, *args], env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+        except BaseException:
+            stop_group(proc)
             raise
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session``), SIGKILL after 20 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def migrate(env: Mapping[str, str], log: Path, timeout: float = 300) -> None:
