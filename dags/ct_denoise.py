@@ -116,7 +116,10 @@ def ct_denoise() -> None:
         settle_seconds=settings.settle_seconds,
         aws_conn_id=settings.aws_conn_id,
         poke_interval=settings.poke_interval_seconds,
-        timeout=settings.settle_timeout_seconds,
+        # At the settle timeout it goes on with the settled folders; its own timeout, a few pokes
+        # later, only fails a partition where none has settled.
+        proceed_after_seconds=settings.settle_timeout_seconds,
+        timeout=settings.settle_timeout_seconds + 3 * settings.poke_interval_seconds,
     )
 
     @task(task_id="discover_series", execution_timeout=timedelta(minutes=30))

@@ -41,7 +41,9 @@ def test_empty_partition_times_out_into_skipped(dag: Any) -> None:
 def test_settled_upload_sensor_watches_the_same_partition(dag: Any) -> None:
     op = rendered(dag.task_dict["wait_for_settled_upload"])
     assert op.partition_url == "s3://ct-denoise/incoming/2026-11-20"
-    assert op.mode == "reschedule" and op.settle_seconds == 300 and op.timeout == 7200
+    assert op.mode == "reschedule" and op.settle_seconds == 300
+    # at the settle timeout it goes on with the settled folders; its own timeout comes 3 pokes later
+    assert op.proceed_after_seconds == 7200 and op.timeout == 7200 + 3 * 60
 
 
 def test_non_deferrable_option_reschedules(monkeypatch: pytest.MonkeyPatch) -> None:

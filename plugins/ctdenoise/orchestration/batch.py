@@ -13,8 +13,9 @@ Upload settled (the rule that keeps half-uploaded series out)
     S3 shows an object only once its upload has completed, but a series is many objects. A
     folder is *settled* when none of its objects was modified during the last
     ``settle_seconds`` (S3 ``LastModified``). ``wait_for_settled_upload`` waits until every
-    folder of the partition is settled; ``discover_series`` checks again and leaves out a
-    folder that changed in between (a later run with the same parameters picks it up). Unlike
+    folder of the partition is settled (or, after ``CT_DENOISE_SETTLE_TIMEOUT_SECONDS``, goes on
+    with the settled ones); ``discover_series`` checks again and leaves out a folder that is
+    still changing (a later run with the same parameters picks it up). Unlike
     ``S3KeysUnchangedSensor``, whose state lives in the sensor process, the rule is stateless,
     so the sensor can release its worker slot between pokes (reschedule mode), and it looks at
     each folder, not only at the key count of the whole prefix. ``LastModified`` of a multipart

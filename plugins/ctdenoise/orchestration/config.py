@@ -65,7 +65,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
                               "`airflow dags test` runs triggers inline and never times them out)"),
     "CT_DENOISE_WAIT_TIMEOUT_SECONDS": ("21600", "wait_for_scans gives up (run skipped) after this long"),
     "CT_DENOISE_SETTLE_SECONDS": ("300", "a series folder is settled when none of its objects is younger than this"),
-    "CT_DENOISE_SETTLE_TIMEOUT_SECONDS": ("7200", "wait_for_settled_upload fails after this long"),
+    "CT_DENOISE_SETTLE_TIMEOUT_SECONDS": ("7200", "after this long wait_for_settled_upload goes on with the settled folders, leaving out (and naming) the ones still changing; it fails if none has settled"),
     "CT_DENOISE_AWS_CONN_ID": ("aws_default", "Airflow AWS connection (sensors, and all S3 access of the local runtime)"),
     "CT_DENOISE_SPARK_CONN_ID": ("spark_default", "Airflow Spark connection of the local runtime (master URL)"),
     "CT_DENOISE_SPARK_APPLICATION": ("", "path of dssvd.py for spark-submit (default: <repo>/spark/dssvd.py)"),
