@@ -215,3 +215,20 @@ def test_missing_matrix_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no Zarr matrix there"):
         dec.svd_numpy(str(tmp_path / "absent.zarr"), str(tmp_path / "out.zarr"), rank=3)
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_store_of_the_other_kind_is_a_clear_error(tmp_path):
+    """A matrix passed where an SVD or local group is expected, or a group as the matrix (a
+    swapped argument), names the URL and what it should hold instead of a zarr traceback."""
+    import zarr
+
+    from ctdenoise.matrix_store import open_local, open_matrix, read_svd, write_matrix
+
+    matrix = write_matrix(np.zeros((16, 4), np.float32), {}, str(tmp_path / "m.zarr"))
+    with pytest.raises(FileNotFoundError, match=r"m.zarr: no SVD group there \(needs arrays 's' and 'V'\)"):
+        read_svd(matrix)
+    with pytest.raises(FileNotFoundError, match=r"m.zarr: no local low-rank group there \(needs array 'D'\)"):
+        open_local(matrix)
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    with pytest.raises(FileNotFoundError, match="g.zarr: no Zarr matrix there"):
+        open_matrix(str(tmp_path / "g.zarr"))

@@ -40,11 +40,23 @@ def open_store(url: str, *, read_only: bool = True, storage_options: Mapping[str
     return zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=read_only)
 
 
+# What zarr raises when a URL holds no node, or a node of the other kind (an array where a group
+# is expected, or the reverse): all mean "not the store you meant", reported in one line.
+_NOT_THAT_NODE = (
+    FileNotFoundError,
+    KeyError,
+    zarr.errors.NodeNotFoundError,
+    zarr.errors.ContainsArrayError,
+    zarr.errors.ContainsGroupError,
+    zarr.errors.NodeTypeValidationError,
+)
+
+
 def open_matrix(url: str, storage_options: Mapping[str, Any] | None = None) -> zarr.Array:
     """Open a published series matrix read-only; a clear error if it is not there."""
     try:
         return zarr.open_array(store=open_store(url, storage_options=storage_options), mode="r")
-    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
+    except _NOT_THAT_NODE as exc:
         raise FileNotFoundError(f"{url}: no Zarr matrix there ({exc.__class__.__name__})") from exc
 
 
@@ -104,7 +116,7 @@ def read_svd(url: str, storage_options: Mapping[str, Any] | None = None) -> tupl
     try:
         group = zarr.open_group(store=open_store(url, storage_options=storage_options), mode="r")
         return np.asarray(group["s"][...]), np.asarray(group["V"][...]), dict(group.attrs)
-    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:
+    except _NOT_THAT_NODE as exc:
         raise FileNotFoundError(f"{url}: no SVD group there (needs arrays 's' and 'V')") from exc
 
 
@@ -192,6 +204,6 @@ def open_local(url: str, storage_options: Mapping[str, Any] | None = None):
     try:
         group = zarr.open_group(store=open_store(url, storage_options=storage_options), mode="r")
         group["D"]  # noqa: B018 (fails now, not in the writer's loop, when it is missing)
-    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:
+    except _NOT_THAT_NODE as exc:
         raise FileNotFoundError(f"{url}: no local low-rank group there (needs array 'D')") from exc
     return group, dict(group.attrs)
