@@ -93,6 +93,7 @@ def check_params(context) -> None:
     dagrun_timeout=timedelta(hours=24),
     default_args=default_args,
     params=run_params.dag_params(),
+    user_defined_macros={"ctdenoise_partition_date": settings.partition_date},
     tags=["ctdenoise", "ct", "svd", "spark", settings.runtime],
     doc_md=__doc__,
 )
@@ -123,10 +124,11 @@ def ct_denoise() -> None:
     )
 
     @task(task_id="discover_series", execution_timeout=timedelta(minutes=30))
-    def discover_series(params: dict | None = None, ds: str | None = None) -> list[dict]:
+    def discover_series(params: dict | None = None, logical_date=None) -> list[dict]:  # noqa: ANN001 (a pendulum DateTime)
         from ctdenoise.orchestration import aws, batch
 
         normalized = run_params.normalize(params or {})
+        ds = settings.partition_date(logical_date)
         partition = settings.partition_url(ds)
         series, skipped = batch.discover(
             partition,

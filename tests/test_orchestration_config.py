@@ -8,14 +8,26 @@ from ctdenoise.errors import ParameterError
 from ctdenoise.orchestration import config
 
 
+def readme_variables() -> dict[str, tuple[str, str]]:
+    """``CT_DENOISE_*`` rows of the README's configuration table: name -> (default, meaning)."""
+    rows = {}
+    for line in (config.REPO_ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `CT_DENOISE_") and len(cells) == 3:
+            rows[cells[0].strip("`")] = (cells[1].strip("`"), cells[2])
+    return rows
+
+
 def test_defaults_are_the_documented_ones() -> None:
+    """The README's table is the variables' own list (name, default, meaning), and the defaults
+    are what the settings hold when nothing is set."""
+    assert readme_variables() == {name: (default, meaning) for name, (default, meaning) in config.VARIABLES.items()}
+    assert config.load_settings({}) == config.Settings()
     settings = config.load_settings({})
-    for name, (default, meaning) in config.VARIABLES.items():
-        assert meaning, name
     assert settings.runtime == "local"
     assert settings.schedule == "@daily" and settings.catchup is False
     assert settings.partition_url("2026-11-20") == "s3://ct-denoise/incoming/2026-11-20"
-    assert settings.partition_template() == "s3://ct-denoise/incoming/{{ ds }}"
+    assert settings.partition_template() == "s3://ct-denoise/incoming/{{ ctdenoise_partition_date(logical_date) }}"
     assert settings.work_url("2026-11-20") == "s3://ct-denoise/work/2026-11-20"
     assert settings.denoised_url() == "s3://ct-denoise/denoised"
     assert settings.spark_application.endswith("spark/dssvd.py")
@@ -50,6 +62,8 @@ def test_overrides() -> None:
         ({"CT_DENOISE_SETTLE_SECONDS": "-1"}, "must be >= 0"),
         ({"CT_DENOISE_CATCHUP": "maybe"}, "expected true or false"),
         ({"CT_DENOISE_SPARK_CONF": "[1]"}, "JSON object"),
+        ({"CT_DENOISE_TIMEZONE": "Mars/Base"}, "CT_DENOISE_TIMEZONE='Mars/Base': not an IANA time zone"),
+        ({"CT_DENOISE_START_DATE": "01/02/2026"}, "CT_DENOISE_START_DATE='01/02/2026': expected a date YYYY-MM-DD"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:

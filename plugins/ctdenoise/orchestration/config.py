@@ -22,8 +22,10 @@ Bucket layout (``CT_DENOISE_BUCKET``; the three prefixes are configurable)::
     denoised/<SeriesInstanceUID>/report.html, report.json  report; report.json is written last
                                                            and marks the series complete
 
-``<ds>`` is the run's logical date (``YYYY-MM-DD``). With the default schedule (``@daily`` as a
-data-interval timetable) the run of day D starts once D is over and processes ``incoming/D/``.
+``<ds>`` is the run's partition date: its logical date as a calendar day in
+``CT_DENOISE_TIMEZONE`` (``YYYY-MM-DD``; Airflow's own ``ds`` is the UTC date, a day early for a
+run at local midnight east of UTC). With the default schedule (``@daily`` as a data-interval
+timetable) the run of day D starts once D is over and processes ``incoming/D/``.
 
 Every variable, its default and meaning is in :data:`VARIABLES`.
 """
@@ -34,7 +36,9 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ctdenoise.errors import ParameterError
 
@@ -145,9 +149,20 @@ class Settings:
         """``s3://<bucket>/<incoming>/<ds>``: the arrival partition of one logical date."""
         return f"s3://{self.bucket}/{self.incoming_prefix.strip('/')}/{ds}"
 
+    def partition_date(self, logical_date: datetime | None) -> str:
+        """The run's partition date: its logical date as a day in ``timezone`` (``YYYY-MM-DD``).
+
+        Not Airflow's ``ds``, which is the UTC date: in Europe/Berlin the daily run of 20 November
+        has the logical date 2026-11-19T23:00Z, and ``ds`` would name the 19th's partition."""
+        if logical_date is None:
+            raise ParameterError("this run has no logical date, which names its partition: trigger it with one")
+        return logical_date.astimezone(ZoneInfo(self.timezone)).date().isoformat()
+
     def partition_template(self) -> str:
-        """The same, templated on the run's ``ds`` (for sensors' templated fields)."""
-        return self.partition_url("{{ ds }}")
+        """The same, templated on the run's logical date (for sensors' templated fields; the DAG
+        provides :meth:`partition_date` as the ``ctdenoise_partition_date`` macro: not
+        ``partition_date``, a context key of Airflow 3's own, which would hide it)."""
+        return self.partition_url("{{ ctdenoise_partition_date(logical_date) }}")
 
     def work_url(self, ds: str) -> str:
         return f"s3://{self.bucket}/{self.work_prefix.strip('/')}/{ds}"
@@ -210,6 +225,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if runtime not in RUNTIMES:
         raise ParameterError(f"CT_DENOISE_RUNTIME={runtime!r}: expected one of {', '.join(RUNTIMES)}")
     schedule = _get(env, "CT_DENOISE_SCHEDULE")
+    tz = _get(env, "CT_DENOISE_TIMEZONE")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ParameterError(f"CT_DENOISE_TIMEZONE={tz!r}: not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+    start = _get(env, "CT_DENOISE_START_DATE")
+    try:
+        datetime.fromisoformat(start)
+    except ValueError:
+        raise ParameterError(f"CT_DENOISE_START_DATE={start!r}: expected a date YYYY-MM-DD") from None
     bucket = _get(env, "CT_DENOISE_BUCKET")
     if "/" in bucket or bucket.startswith("s3:"):
         raise ParameterError(f"CT_DENOISE_BUCKET={bucket!r}: a bucket name only (prefixes have their own variables)")
@@ -221,8 +246,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         denoised_prefix=_get(env, "CT_DENOISE_DENOISED_PREFIX").strip("/"),
         dicom_glob=_get(env, "CT_DENOISE_DICOM_GLOB"),
         schedule=None if schedule.lower() in ("none", "null", "manual") else schedule,
-        timezone=_get(env, "CT_DENOISE_TIMEZONE"),
-        start_date=_get(env, "CT_DENOISE_START_DATE"),
+        timezone=tz,
+        start_date=start,
         catchup=_bool(env, "CT_DENOISE_CATCHUP"),
         max_active_runs=_int(env, "CT_DENOISE_MAX_ACTIVE_RUNS", 1),
         max_active_tasks=_int(env, "CT_DENOISE_MAX_ACTIVE_TASKS", 1),
