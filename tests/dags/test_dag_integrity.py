@@ -101,7 +101,13 @@ def test_runtimes_share_task_ids_and_edges(probes: dict[str, dict]) -> None:
 
 def test_runtimes_differ_only_in_operators(probes: dict[str, dict]) -> None:
     local, kube = probes["local"]["tasks"], probes["kubernetes"]["tasks"]
-    assert kube["convert"]["operator"] == kube["reconstruct"]["operator"] == "KubernetesPodOperator"
+    # the provider's KubernetesPodOperator, with exit status 2 of the pod failing at once
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    from ctdenoise.orchestration.pods import CtDenoisePodOperator
+
+    assert kube["convert"]["operator"] == kube["reconstruct"]["operator"] == "CtDenoisePodOperator"
+    assert issubclass(CtDenoisePodOperator, KubernetesPodOperator)
     assert kube["dssvd"]["operator"] == "SparkKubernetesOperator"
     assert local["dssvd"]["operator"] == "AwsSparkSubmitOperator"
     assert local["convert"]["operator"] == local["reconstruct"]["operator"] == "_PythonDecoratedOperator"

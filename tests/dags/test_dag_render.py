@@ -154,7 +154,6 @@ def test_reconstruct_pod_runs_ctdenoise_reconstruct(pods: dict) -> None:
 
 @pytest.fixture(scope="module")
 def spark_application(kube_dag: Any) -> tuple[dict[str, Any], Any]:
-    pytest.importorskip("ctdenoise.spark_app", reason="ctdenoise.spark_app (spark/sparkapplication.yaml) not written yet")
     from airflow.providers.cncf.kubernetes.operators.custom_object_launcher import CustomObjectLauncher
 
     op, _ = unmapped(kube_dag, "dssvd", sample_converted(sample_series(), slices=64))
@@ -204,7 +203,6 @@ def test_spark_application_runs_dssvd_on_the_series(spark_application: tuple) ->
 
 
 def test_spark_rank_is_capped_by_the_slices(kube_dag: Any) -> None:
-    pytest.importorskip("ctdenoise.spark_app", reason="ctdenoise.spark_app not written yet")
     op, _ = unmapped(kube_dag, "dssvd", sample_converted(sample_series(), slices=12))
     args = op.template_body["spark"]["spec"]["arguments"]
     assert args[args.index("--rank") + 1] == "12"
@@ -263,3 +261,40 @@ def test_pod_arguments_drive_the_pod_entry_point(
         assert result["series"] == series
     else:
         assert result["rank"] == 20 and result["folder"] == "scan-a" and result["metrics"] == record
+
+
+def _finished_pod(exit_code: int) -> Any:
+    """A remote pod whose base container terminated with ``exit_code``."""
+    from kubernetes.client import models as k8s
+
+    terminated = k8s.V1ContainerStateTerminated(exit_code=exit_code, reason="Error")
+    status = k8s.V1ContainerStatus(name="base", state=k8s.V1ContainerState(terminated=terminated), image="i", image_id="i",
+                                   ready=False, restart_count=0)  # fmt: skip
+    return k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="ct-denoise-convert-abc", namespace="ct-denoise", annotations={}),
+                     status=k8s.V1PodStatus(phase="Failed", container_statuses=[status]))  # fmt: skip
+
+
+@pytest.mark.parametrize(("code", "retried"), [(2, False), (1, True), (137, True)])
+def test_a_pod_failing_on_bad_input_is_not_retried(kube_dag: Any, monkeypatch: pytest.MonkeyPatch, code: int, retried: bool) -> None:
+    """Exit 2 (ctdenoise's bad input or parameters) fails the task at once, as CtDenoiseError
+    does in the local runtime; a crash or an OOM kill (137) goes through the retries."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.sdk.exceptions import AirflowException
+
+    from ctdenoise.errors import InputError
+
+    op, _ = unmapped(kube_dag, "convert", sample_series())
+    assert isinstance(op, KubernetesPodOperator)
+    # the provider's own cleanup, without a cluster: deleting and patching the pod are no-ops here
+    monkeypatch.setattr(KubernetesPodOperator, "process_pod_deletion", lambda self, pod, reraise=True: None)
+    monkeypatch.setattr(KubernetesPodOperator, "patch_already_checked", lambda self, pod, reraise=True: None)
+    monkeypatch.setattr(KubernetesPodOperator, "is_istio_enabled", lambda self, pod: False)
+    monkeypatch.setattr(op, "log_events_on_failure", False)
+    remote = _finished_pod(code)
+    with pytest.raises(AirflowException if retried else InputError) as raised:
+        op.cleanup(remote, remote)
+    if not retried:
+        assert "exited with 2" in str(raised.value) and "scan-a" in str(raised.value)
+    policy = kube_dag.default_args["retry_policy"]
+    rule = policy.rules[0]
+    assert rule.action.value == "fail" and rule.exception == "ctdenoise.errors.CtDenoiseError"

@@ -10,7 +10,10 @@ operator's sidecar hands it back to Airflow). Every pod:
   an ``emptyDir`` (staging of Zarr stores and DICOM files before publication);
 - has CPU/memory requests and limits (``CT_DENOISE_POD_*``) and an active deadline;
 - gets S3 access from the Kubernetes secret ``CT_DENOISE_S3_SECRET`` (``envFrom``), never from
-  the DAG file or the Airflow metadata.
+  the DAG file or the Airflow metadata;
+- that exits with 2 (``ctdenoise``'s bad input or parameters) fails its task at once, as the
+  local runtime's ``CtDenoiseError`` does; other failures (S3, eviction, OOM) retry
+  (:class:`CtDenoisePodOperator`).
 
 ``dssvd`` renders ``spark/sparkapplication.yaml`` (:func:`ctdenoise.spark_app.render_spark_application`)
 per series for SparkKubernetesOperator; the Spark image runs the same ``spark/dssvd.py``.
@@ -23,9 +26,11 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.sdk.exceptions import AirflowException
 from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
 from kubernetes.client import models as k8s
 
+from ctdenoise.errors import InputError
 from ctdenoise.orchestration.config import Settings
 
 RUN_AS = 10001  # the worker image's user (images/Dockerfile.worker)
@@ -53,6 +58,36 @@ def container_security_context() -> k8s.V1SecurityContext:
         run_as_group=RUN_AS,
         capabilities=k8s.V1Capabilities(drop=["ALL"]),
     )
+
+
+INPUT_ERROR_EXIT = 2
+"""Exit status of ``ctdenoise`` and of the pod entry point for expected errors (bad input or
+parameters, a missing store, a command line it cannot parse): retrying cannot fix them."""
+
+
+def exit_code(remote_pod: Any, container: str) -> int | None:
+    """The terminated exit code of ``container`` in ``remote_pod`` (None if it did not terminate)."""
+    statuses = (remote_pod.status.container_statuses if remote_pod is not None and remote_pod.status else None) or []
+    status = next((x for x in statuses if x.name == container), None)
+    terminated = status.state.terminated if status is not None and status.state is not None else None
+    return None if terminated is None else terminated.exit_code
+
+
+class CtDenoisePodOperator(KubernetesPodOperator):
+    """``KubernetesPodOperator`` whose pod failing with :data:`INPUT_ERROR_EXIT` raises
+    :class:`~ctdenoise.errors.InputError`, which the DAG's retry policy fails at once: a corrupt
+    series is not retried twice with backoff before its failure shows (the operator itself
+    raises one ``AirflowException`` for every failure, whatever the exit code)."""
+
+    def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, xcom_result: dict | None = None, context: Any = None) -> None:
+        try:
+            super().cleanup(pod, remote_pod, xcom_result=xcom_result, context=context)
+        except AirflowException as exc:
+            if exit_code(remote_pod, self.base_container_name) != INPUT_ERROR_EXIT:
+                raise
+            label = (self.annotations or {}).get(LABEL_ANNOTATION, self.task_id)
+            raise InputError(f"{label}: the {self.task_id} pod exited with {INPUT_ERROR_EXIT} (bad input or parameters: "
+                             f"see the pod log above); not retried") from exc  # fmt: skip
 
 
 def container_resources(settings: Settings) -> k8s.V1ResourceRequirements:
@@ -164,7 +199,7 @@ def spark_application(converted: dict[str, Any], settings: Settings) -> dict[str
 def convert(settings: Settings, series: Any) -> Any:
     """``convert`` pods mapped over the discovered series; returns the XComArg of their results."""
     return (
-        KubernetesPodOperator.partial(task_id="convert", **pod_partial_kwargs(settings, "convert", 60))
+        CtDenoisePodOperator.partial(task_id="convert", **pod_partial_kwargs(settings, "convert", 60))
         .expand_kwargs(series.map(convert_pod_kwargs))
         .output
     )
@@ -196,7 +231,7 @@ def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
 def reconstruct(settings: Settings, plan: Any) -> Any:
     """``reconstruct`` pods mapped over the flat (series, rank) plan, labelled "<series> rank=<r>"."""
     return (
-        KubernetesPodOperator.partial(task_id="reconstruct", **pod_partial_kwargs(settings, "reconstruct", 60))
+        CtDenoisePodOperator.partial(task_id="reconstruct", **pod_partial_kwargs(settings, "reconstruct", 60))
         .expand_kwargs(plan.map(reconstruct_pod_kwargs))
         .output
     )
