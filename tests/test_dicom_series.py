@@ -201,7 +201,8 @@ def _with_encapsulated(s, syntax, frame: bytes):
 
 def test_jpeg_lossless_process14_decodes_through_gdcm(tmp_path: Path) -> None:
     """The most common lossless CT syntax; GDCM (BSD) decodes it, pylibjpeg-libjpeg (GPL) is not used."""
-    gdcm = pytest.importorskip("gdcm", reason="python-gdcm is pinned in requirements.txt")
+    import gdcm  # python-gdcm, pinned in requirements.txt
+
     plain = write_slices(tmp_path / "plain", ct_series(1))[0]
     reader = gdcm.ImageReader()
     reader.SetFileName(str(plain))

@@ -186,7 +186,8 @@ def test_pod_entry_point_imports_no_airflow() -> None:
 
 
 def test_spark_image_holds_the_application_the_manifest_runs() -> None:
-    spark_app = pytest.importorskip("ctdenoise.spark_app", reason="ctdenoise.spark_app not written yet")
+    from ctdenoise import spark_app
+
     df = parse_dockerfile(IMAGES / "Dockerfile.spark")
     main = spark_app.DEFAULTS["main_application_file"]
     assert main.startswith("local://")
