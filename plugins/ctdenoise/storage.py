@@ -205,18 +205,6 @@ def _replace_local(ready: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def download_dir(url: str, dest: Path, storage_options: Mapping[str, Any] | None = None) -> Path:
-    """Copy a remote or local folder to a local folder (used for series and report inputs)."""
-    fs, path = get_fs(url, storage_options)
-    dest.mkdir(parents=True, exist_ok=True)
-    for remote in fs.find(path):
-        rel = remote[len(path.rstrip("/")) + 1 :]
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(remote, str(target))
-    return dest
-
-
 def write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
     """Write one small object in one PUT (atomic on S3; via rename locally)."""
     if is_local(url):
