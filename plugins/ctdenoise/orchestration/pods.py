@@ -28,6 +28,7 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk.exceptions import AirflowException
 from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
+from airflow.providers.cncf.kubernetes.utils.container import get_container_status
 from kubernetes.client import models as k8s
 
 from ctdenoise.errors import InputError
@@ -67,8 +68,7 @@ parameters, a missing store, a command line it cannot parse): retrying cannot fi
 
 def exit_code(remote_pod: Any, container: str) -> int | None:
     """The terminated exit code of ``container`` in ``remote_pod`` (None if it did not terminate)."""
-    statuses = (remote_pod.status.container_statuses if remote_pod is not None and remote_pod.status else None) or []
-    status = next((x for x in statuses if x.name == container), None)
+    status = get_container_status(remote_pod, container)
     terminated = status.state.terminated if status is not None and status.state is not None else None
     return None if terminated is None else terminated.exit_code
 

@@ -56,7 +56,7 @@ class SettledUploadSensor(BaseSensorOperator):
     def waited_seconds(self, context: Any) -> float:
         """Seconds since the first poke of this try: from the first reschedule in the metadata
         database in reschedule mode (each poke is a new process), from memory in poke mode."""
-        ti = context.get("ti") if hasattr(context, "get") else None
+        ti = context.get("ti")
         if self.reschedule and ti is not None:
             first = ti.get_first_reschedule_date(context)
             return 0.0 if first is None else (datetime.now(timezone.utc) - first).total_seconds()
