@@ -233,10 +233,8 @@ def this_job_local(matrix_url: str, workdir: Path, variant: str) -> dict[str, An
     """This job in local mode (``--local-out``) with one of the :data:`LOCAL_ROWS` parameter sets."""
     from ctdenoise.local_params import BENCH_SETTINGS
 
-    p = BENCH_SETTINGS[variant]
-    record, wall = _submit_job("--matrix", matrix_url, "--local-out", str(workdir / f"job_local_{variant}.zarr"),
-                               "--tile", str(p.tile), "--stride", str(p.stride), "--inplane", p.inplane,
-                               "--multipliers", ",".join(f"{m:g}" for m in p.multipliers), "--shrinkage", p.shrinkage)
+    out = str(workdir / f"job_local_{variant}.zarr")
+    record, wall = _submit_job("--matrix", matrix_url, "--local-out", out, *BENCH_SETTINGS[variant].job_arguments())
     return {"seconds": record["timings"]["compute_total"], "wall": wall, "timings": record["timings"],
             "summary": record["summary"], "s": None}  # fmt: skip
 

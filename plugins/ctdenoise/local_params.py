@@ -89,6 +89,13 @@ class LocalParams:
         data["inplane_strength"] = float(self.inplane_strength)
         return data
 
+    def job_arguments(self) -> list[str]:
+        """The ``spark/dssvd.py`` options for these parameters, as far as run parameters set them
+        (``weights`` and ``inplane_strength`` are not run parameters: the job's defaults)."""
+        return ["--tile", str(self.tile), "--stride", str(self.stride),
+                "--multipliers", ",".join(f"{float(m):g}" for m in self.multipliers), "--shrinkage", self.shrinkage,
+                "--inplane", self.inplane]  # fmt: skip
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LocalParams":
         known = {f for f in cls.__dataclass_fields__}

@@ -49,6 +49,7 @@ from typing import Any
 
 from ctdenoise import storage
 from ctdenoise.errors import InputError
+from ctdenoise.local_params import LocalParams
 
 log = logging.getLogger(__name__)
 
@@ -364,9 +365,7 @@ def dssvd_arguments(converted: Mapping[str, Any]) -> list[str]:
     if v["out_url"]:
         args += ["--out", v["out_url"], "--rank", str(v["rank"])]
     if v["local_out_url"]:
-        args += ["--local-out", v["local_out_url"], "--tile", str(v["tile"]), "--stride", str(v["stride"]),
-                 "--multipliers", ",".join(f"{m:g}" for m in v["multipliers"]), "--shrinkage", v["shrinkage"],
-                 "--inplane", v["inplane"]]  # fmt: skip
+        args += ["--local-out", v["local_out_url"], *LocalParams.from_dict(v).job_arguments()]
     args += ["--oversample", str(v["oversample"]), "--power-iters", str(v["power_iters"]),
              "--seed", str(v["seed"]), "--method", v["method"]]  # fmt: skip
     return args
