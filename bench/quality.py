@@ -275,14 +275,15 @@ LOCAL_VARIANTS = (("local low-rank + NLM", "default"), ("local low-rank, tiles a
                   ("local low-rank, fast setting (8 px tiles, stride 8)", "fast"))
 """The local mode as the pipeline runs it (tiles, then the in-plane non-local means), its tile
 stage alone (``inplane="none"``), so the table shows what each stage adds, and the fast setting
-(``local_params.FAST``, the one that meets the speed target in ``bench/svd.py``), so it shows
+(``params.FAST``, the one that meets the speed target in ``bench/svd.py``), so it shows
 what that speed costs."""
 
 
 def local_lowrank(volume: np.ndarray, title: str, variant: str) -> Iterable[tuple[str, np.ndarray, float, str]]:
     """One ``(label, volume, seconds, note)`` per multiplier of the variant; seconds are of the one pass."""
-    from ctdenoise.local_lowrank import denoise_matrix, multiplier_label
-    from ctdenoise.local_params import BENCH_SETTINGS
+    from ctdenoise.local_lowrank import denoise_matrix
+    from ctdenoise.params import multiplier_label
+    from ctdenoise.params import BENCH_SETTINGS
     from ctdenoise.metrics import slice_noise_level
 
     params = BENCH_SETTINGS[variant]
@@ -559,12 +560,12 @@ def main() -> int:
     print(f"# machine: {machine()}", flush=True)
     print(f"# packages: {', '.join(f'{k} {v}' for k, v in versions().items())}")
     doses = [args.photons] + ([args.low_photons] if args.low_photons > 0 else [])
-    from ctdenoise.local_lowrank import LocalParams
+    from ctdenoise.params import LocalParams
     from ctdenoise.phantom import n_views
 
     print(f"# phantom: {args.size}x{args.size} x {args.slices} slices, {n_views(args.size)} views, seed {args.seed}, "
           f"doses {', '.join(f'{d:g}' for d in doses)} photons/ray; cache {args.workdir}")
-    print(f"# local low-rank: {json.dumps(LocalParams().as_dict())}")
+    print(f"# local low-rank: {json.dumps(LocalParams().as_json())}")
     print(f"# hand-tuning: best PSNR vs the full-dose reference on every {args.tune_every}th slice (ORACLE, not available clinically)")
     volumes = load_doses(args.size, args.slices, doses, args.seed, Path(args.workdir))
     masks = build_masks(volumes[0].truth, args.lesion)
@@ -601,7 +602,7 @@ def main() -> int:
     if args.json:
         payload = {
             "machine": machine(), "packages": versions(), "parameters": vars(args), "masks": masks.description,
-            "local_params": LocalParams().as_dict(), "seconds_total": total,
+            "local_params": LocalParams().as_json(), "seconds_total": total,
             "doses": [{"photons": p, **infos[p], "rows": [{"method": r.method, "group": r.group, "seconds": r.seconds,
                                                           "note": r.note, **r.metrics} for r in rows]}
                       for p, rows in results.items()],

@@ -10,7 +10,7 @@ Gaussian noise, or ``--matrix`` for a converted series) it measures
   session and Python-worker start) and the wall time of the whole spark-submit;
 - this job in local mode (``--local-out``) in three settings: the default (tiles, then its
   in-plane stage; 3 multipliers), its tiles alone (``--inplane none``) and the fast setting
-  (``local_params.FAST``: 8 px tiles without overlap, x1, no in-plane stage): each one's compute
+  (``params.FAST``: 8 px tiles without overlap, x1, no in-plane stage): each one's compute
   time against the global exact compute time (the issue's target: within 3x);
 - ``svd_numpy`` (the same kernels in one process);
 - ``numpy.linalg.svd`` thin, numpy Gram + ``eigh``, scikit-learn ``randomized_svd`` (k=10, 50;
@@ -226,15 +226,17 @@ LOCAL_ROWS = {
     "tiles": "this job, local mode, tiles alone (--inplane none)",
     "fast": "this job, local mode, fast setting (8 px tiles, stride 8, x1, --inplane none)",
 }
-"""The local-mode rows: the default, its tile stage alone, and ``local_params.FAST``."""
+"""The local-mode rows: the default, its tile stage alone, and ``params.FAST``."""
 
 
 def this_job_local(matrix_url: str, workdir: Path, variant: str) -> dict[str, Any]:
     """This job in local mode (``--local-out``) with one of the :data:`LOCAL_ROWS` parameter sets."""
-    from ctdenoise.local_params import BENCH_SETTINGS
+    from ctdenoise.params import BENCH_SETTINGS
 
-    out = str(workdir / f"job_local_{variant}.zarr")
-    record, wall = _submit_job("--matrix", matrix_url, "--local-out", out, *BENCH_SETTINGS[variant].job_arguments())
+    from ctdenoise.job import DssvdJob
+
+    job = DssvdJob(matrix=matrix_url, local_out=str(workdir / f"job_local_{variant}.zarr"), local=BENCH_SETTINGS[variant])
+    record, wall = _submit_job(*job.arguments())
     return {"seconds": record["timings"]["compute_total"], "wall": wall, "timings": record["timings"],
             "summary": record["summary"], "s": None}  # fmt: skip
 
@@ -434,7 +436,7 @@ def main() -> int:
     r_fast = ratio("this job local mode, fast setting, compute / this job exact compute", rows[LOCAL_ROWS["fast"]]["seconds"], exact["seconds"])
     targets.append(("local mode compute within 3x of the global exact compute", r_local <= 3, f"{r_local:.2f}x"))
     targets.append(("local mode, tiles alone (--inplane none), within 3x of the global exact compute", r_tiles <= 3, f"{r_tiles:.2f}x"))
-    targets.append(("local mode, fast setting (local_params.FAST; its quality: bench/quality.py), within 3x", r_fast <= 3, f"{r_fast:.2f}x"))
+    targets.append(("local mode, fast setting (params.FAST; its quality: bench/quality.py), within 3x", r_fast <= 3, f"{r_fast:.2f}x"))
     print(f"# local mode summary: {json.dumps(local.get('summary'))}")
     print(f"# local mode timings (tiles + NLM): {json.dumps(local.get('timings'))}")
     print()

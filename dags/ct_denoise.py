@@ -8,7 +8,7 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
 - ``wait_for_scans``: deferrable S3KeySensor for DICOM keys in the partition; an empty
   partition times out into *skipped* (soft fail), not failed.
 - ``wait_for_settled_upload``: every series folder has stopped changing for
-  ``CT_DENOISE_SETTLE_SECONDS`` (S3 LastModified; rule in ``ctdenoise.orchestration.batch``).
+  ``CT_DENOISE_SETTLE_SECONDS`` (S3 LastModified; rule in ``ctdenoise.orchestration.discovery``).
 - ``discover_series``: the series folders, minus those already published with the same
   parameters (``report.json`` params hash) unless ``force``.
 - ``convert`` / ``dssvd``: mapped per series (pods + SparkApplication, or Python + spark-submit).
@@ -21,15 +21,15 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
   marker) only when every planned rank of the series was written.
 
 A failing series fails its own task instances; the others finish (see the trigger rules below
-and ``ctdenoise.orchestration.batch``). The runtime (``local`` or ``kubernetes``) and the
+and ``ctdenoise.report.publish_report``). The runtime (``local`` or ``kubernetes``) and the
 deployment (bucket, images, pools, schedule...) come from ``CT_DENOISE_*`` environment
 variables: see ``ctdenoise.orchestration.config``.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import timedelta
+from pathlib import Path
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import (
@@ -44,11 +44,11 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowSkipException
 
 from ctdenoise.orchestration import config
-from ctdenoise.orchestration import params as run_params
 from ctdenoise.orchestration.sensors import SettledUploadSensor
+from ctdenoise.orchestration.trigger import check_params, dag_params
 
-settings = config.load_settings()
-if settings.runtime == "kubernetes":
+settings = config.load_settings().with_application(Path(__file__).parent)
+if settings.runtime == config.Runtime.KUBERNETES:
     from ctdenoise.orchestration import pods as runtime
 else:
     from ctdenoise.orchestration import local as runtime
@@ -77,24 +77,26 @@ default_args = {
 }
 
 
-def check_params(context) -> None:
-    """Cross-field parameter rules (``run_params.normalize``), before waiting for anything."""
-    run_params.normalize(context["params"])
+def as_list(value) -> list:  # noqa: ANN001
+    """XCom pulls give a value, a list, or None: always a list without Nones."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, dict) else [v for v in value if v is not None]
 
 
 @dag(
     dag_id="ct_denoise",
     description="Denoise low-dose CT series by global and local low-rank models (Spark), one arrival partition per run",
     schedule=CronDataIntervalTimetable(settings.schedule, timezone=settings.timezone) if settings.schedule else None,
-    start_date=datetime.fromisoformat(settings.start_date).replace(tzinfo=ZoneInfo(settings.timezone)),
+    start_date=settings.start_datetime(),
     catchup=settings.catchup,
     max_active_runs=settings.max_active_runs,
     max_active_tasks=settings.max_active_tasks,
     dagrun_timeout=timedelta(hours=24),
     default_args=default_args,
-    params=run_params.dag_params(),
+    params=dag_params(),
     user_defined_macros={"ctdenoise_partition_date": settings.partition_date},
-    tags=["ctdenoise", "ct", "svd", "spark", settings.runtime],
+    tags=["ctdenoise", "ct", "svd", "spark", settings.runtime.value],
     doc_md=__doc__,
 )
 def ct_denoise() -> None:
@@ -125,38 +127,38 @@ def ct_denoise() -> None:
 
     @task(task_id="discover_series", execution_timeout=timedelta(minutes=30))
     def discover_series(params: dict | None = None, logical_date=None) -> list[dict]:  # noqa: ANN001 (a pendulum DateTime)
-        from ctdenoise.orchestration import aws, batch
+        from ctdenoise.orchestration import aws, discovery
+        from ctdenoise.params import RunParams
 
-        normalized = run_params.normalize(params or {})
         ds = settings.partition_date(logical_date)
         partition = settings.partition_url(ds)
-        series, skipped = batch.discover(
+        series, skipped = discovery.discover(
             partition,
             ds=ds,
             work_url=settings.work_url(ds),
             denoised_url=settings.denoised_url(),
-            params=normalized,
-            params_hash=run_params.params_hash(normalized),
-            svd_key=run_params.svd_key(normalized),
-            local_key=run_params.local_key(normalized),
+            params=RunParams.from_conf(params),
             settle_seconds=settings.settle_seconds,
             storage_options=aws.storage_options(settings.aws_conn_id),
         )
         if not series:
             reasons = "; ".join(f"{s['folder']}: {s['reason']}" for s in skipped[:5]) or "no series folders"
             raise AirflowSkipException(f"nothing to process in {partition} ({reasons})")
-        return series
+        return [s.to_xcom() for s in series]
 
     @task(task_id="plan_ranks", trigger_rule=GOOD_SERIES_GO_ON, execution_timeout=timedelta(minutes=30))
     def plan_ranks(converted) -> list[dict]:
         from ctdenoise.errors import InputError
-        from ctdenoise.orchestration import aws, batch
+        from ctdenoise.orchestration import aws
+        from ctdenoise.plan import plan
+        from ctdenoise.records import Converted
 
         # A slice reads every pushed XCom in one request (iterating would probe one past the end).
-        items, left_out = batch.plan(converted[:] if converted else [], aws.storage_options(settings.aws_conn_id))
+        series = [Converted.from_xcom(c) for c in (converted[:] if converted else []) if c]
+        items, left_out = plan(series, aws.storage_options(settings.aws_conn_id))
         if not items:
-            raise InputError("no series has a usable SVD: " + "; ".join(s["reason"] for s in left_out))
-        return items
+            raise InputError("no series has a usable decomposition: " + "; ".join(s["reason"] for s in left_out))
+        return [i.to_xcom() for i in items]
 
     @task(
         task_id="report",
@@ -165,20 +167,16 @@ def ct_denoise() -> None:
         map_index_template="{{ task.op_kwargs['series']['label'] }}",
     )
     def report(series: dict, dag_run=None, ti=None) -> dict:
-        from ctdenoise.orchestration import aws, batch
+        from ctdenoise.orchestration import aws
+        from ctdenoise.records import Output, Reconstructed, Series
+        from ctdenoise.report import RunInfo, publish_report
 
-        run_info = {
-            "dag_id": dag_run.dag_id,
-            "run_id": dag_run.run_id,
-            "logical_date": dag_run.logical_date.isoformat() if dag_run.logical_date else None,
-        }
-        return batch.report_series(
-            series,
-            ti.xcom_pull(task_ids="plan_ranks"),
-            ti.xcom_pull(task_ids="reconstruct"),
-            run_info,
-            aws.storage_options(settings.aws_conn_id),
-        )
+        run = RunInfo(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                      logical_date=dag_run.logical_date.isoformat() if dag_run.logical_date else None)  # fmt: skip
+        planned = [Output.from_xcom(o) for o in as_list(ti.xcom_pull(task_ids="plan_ranks"))]
+        results = [Reconstructed.from_xcom(r) for r in as_list(ti.xcom_pull(task_ids="reconstruct"))]
+        done = publish_report(Series.from_xcom(series), planned, results, run, aws.storage_options(settings.aws_conn_id))
+        return done.to_xcom()
 
     series = discover_series()
     converted = runtime.convert(settings, series)

@@ -25,7 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ctdenoise.orchestration import devenv
+import devenv
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "demo-output"

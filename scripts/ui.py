@@ -17,8 +17,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from ctdenoise.orchestration import devenv
-from ctdenoise.orchestration import params as run_params
+import devenv
+from ctdenoise.params import RunParams
 
 REPO = Path(__file__).resolve().parents[1]
 HOME = REPO / ".airflow"
@@ -62,7 +62,7 @@ def main() -> int:
             "\nAirflow UI: http://127.0.0.1:8080  (no login: every user is admin on this local instance)\n"
             f"The scheduled run for {yesterday} starts at once and processes the sample. To run again:\n"
             f"DAGs > ct_denoise > Trigger, logical date {yesterday}, with force on (the form shows\n"
-            f"{', '.join(run_params.PARAM_SPECS)}). Ctrl-C stops everything.\n"
+            f"{', '.join(RunParams.model_fields)}). Ctrl-C stops everything.\n"
         )
         airflow = str(Path(sys.executable).parent / "airflow")
         proc = subprocess.Popen([airflow, "standalone"], env=env, start_new_session=True)

@@ -14,6 +14,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
+sys.path.insert(0, str(REPO_ROOT / "scripts"))  # the dev harness (scripts/devenv.py) the e2e tests share with the demo
 
 os.environ.setdefault("JAVA_HOME", "/usr/lib/jvm/java-17-openjdk-amd64")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ctdenoise.orchestration import devenv
+import devenv
 
 
 def _alive(pid: int) -> bool:

@@ -8,21 +8,9 @@ from ctdenoise.errors import ParameterError
 from ctdenoise.orchestration import config
 
 
-def readme_variables() -> dict[str, tuple[str, str]]:
-    """``CT_DENOISE_*`` rows of the README's configuration table: name -> (default, meaning)."""
-    rows = {}
-    for line in (config.REPO_ROOT / "README.md").read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| `CT_DENOISE_") and len(cells) == 3:
-            rows[cells[0].strip("`")] = (cells[1].strip("`"), cells[2])
-    return rows
-
-
-def test_defaults_are_the_documented_ones() -> None:
-    """The README's table is the variables' own list (name, default, meaning), and the defaults
-    are what the settings hold when nothing is set."""
-    assert readme_variables() == {name: (default, meaning) for name, (default, meaning) in config.VARIABLES.items()}
+def test_defaults_are_the_settings_unset() -> None:
     assert config.load_settings({}) == config.Settings()
+    assert config.load_settings({"CT_DENOISE_BUCKET": "  "}) == config.Settings()  # blank: the default
     settings = config.load_settings({})
     assert settings.runtime == "local"
     assert settings.schedule == "@daily" and settings.catchup is False
@@ -30,8 +18,22 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.partition_template() == "s3://ct-denoise/incoming/{{ ctdenoise_partition_date(logical_date) }}"
     assert settings.work_url("2026-11-20") == "s3://ct-denoise/work/2026-11-20"
     assert settings.denoised_url() == "s3://ct-denoise/denoised"
-    assert settings.spark_application.endswith("spark/dssvd.py")
-    assert (config.REPO_ROOT / "spark" / "dssvd.py").is_file()
+
+
+def test_every_setting_is_one_documented_variable() -> None:
+    names = [config.variable(name) for name in config.Settings.model_fields]
+    assert all(name.startswith("CT_DENOISE_") for name in names) and len(set(names)) == len(names)
+    assert all(info.description for info in config.Settings.model_fields.values())
+
+
+def test_the_spark_application_defaults_to_the_checkout_beside_the_dags(tmp_path) -> None:
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    settings = config.load_settings({}).with_application(repo / "dags")
+    assert settings.spark_application == str(repo / "spark" / "dssvd.py") and Path(settings.spark_application).is_file()
+    chosen = config.load_settings({"CT_DENOISE_SPARK_APPLICATION": "/opt/job.py"}).with_application(repo / "dags")
+    assert chosen.spark_application == "/opt/job.py"
 
 
 def test_overrides() -> None:
@@ -55,15 +57,15 @@ def test_overrides() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"CT_DENOISE_RUNTIME": "docker"}, "CT_DENOISE_RUNTIME='docker'"),
+        ({"CT_DENOISE_RUNTIME": "docker"}, "CT_DENOISE_RUNTIME='docker': Input should be 'local' or 'kubernetes'"),
         ({"CT_DENOISE_BUCKET": "s3://b/prefix"}, "a bucket name only"),
-        ({"CT_DENOISE_RETRIES": "two"}, "not an integer"),
-        ({"CT_DENOISE_MAX_ACTIVE_RUNS": "0"}, "must be >= 1"),
-        ({"CT_DENOISE_SETTLE_SECONDS": "-1"}, "must be >= 0"),
-        ({"CT_DENOISE_CATCHUP": "maybe"}, "expected true or false"),
+        ({"CT_DENOISE_RETRIES": "two"}, "CT_DENOISE_RETRIES='two': Input should be a valid integer"),
+        ({"CT_DENOISE_MAX_ACTIVE_RUNS": "0"}, "greater than or equal to 1"),
+        ({"CT_DENOISE_SETTLE_SECONDS": "-1"}, "greater than or equal to 0"),
+        ({"CT_DENOISE_CATCHUP": "maybe"}, "CT_DENOISE_CATCHUP='maybe': Input should be a valid boolean"),
         ({"CT_DENOISE_SPARK_CONF": "[1]"}, "JSON object"),
         ({"CT_DENOISE_TIMEZONE": "Mars/Base"}, "CT_DENOISE_TIMEZONE='Mars/Base': not an IANA time zone"),
-        ({"CT_DENOISE_START_DATE": "01/02/2026"}, "CT_DENOISE_START_DATE='01/02/2026': expected a date YYYY-MM-DD"),
+        ({"CT_DENOISE_START_DATE": "01/02/2026"}, "CT_DENOISE_START_DATE='01/02/2026': Input should be a valid date"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:

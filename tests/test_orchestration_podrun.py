@@ -6,9 +6,17 @@ import json
 import sys
 from pathlib import Path
 
-from ctdenoise.orchestration import batch, podrun
+from ctdenoise.orchestration import podrun
+from ctdenoise.params import RunParams
+from ctdenoise.records import Converted, Output, Reconstructed, Series, Written
 
-SERIES = {"folder": "scan-a", "series_instance_uid": "1.2.3", "matrix_url": "s3://b/work/scan-a/matrix/1.2.3.zarr"}
+ONE = Series(folder="scan-a", ds="2026-11-20", source_url="s3://b/incoming/scan-a", files=3, series_instance_uid="1.2.3",
+             work_url="s3://b/work/scan-a", denoised_url="s3://b/denoised", params=RunParams())  # fmt: skip
+SERIES = ONE.to_xcom()
+
+
+def written_record(uid: str, url: str, slices: int) -> dict:
+    return Written(series_instance_uid=uid, url=url, rows=8, columns=8, slices=slices, ordering="normal", seconds=0.1).to_xcom()
 
 
 def fake_cli(*records: dict, code: int = 0) -> list[str]:
@@ -20,16 +28,17 @@ def fake_cli(*records: dict, code: int = 0) -> list[str]:
 
 def test_convert_result_is_written_to_the_xcom_file(tmp_path: Path, capsys) -> None:
     xcom = tmp_path / "return.json"
-    written = {"status": "written", "series_instance_uid": "1.2.3", "url": SERIES["matrix_url"], "slices": 9}
+    written = written_record("1.2.3", ONE.matrix_url, 9)
     code = podrun.main(["convert", "--task", json.dumps(SERIES), "--xcom", str(xcom), "--", *fake_cli(written)])
     assert code == 0
-    assert json.loads(xcom.read_text()) == batch.convert_result(SERIES, [written])
+    assert Converted.from_xcom(json.loads(xcom.read_text())) == Converted(series=ONE, matrix=Written(**written),
+                                                                          outcomes=(Written(**written),))  # fmt: skip
     assert "not json, a log line" in capsys.readouterr().out  # the pod log shows the command's output
 
 
 def test_failed_series_fails_the_pod_without_xcom(tmp_path: Path, capsys) -> None:
     xcom = tmp_path / "return.json"
-    other = {"status": "written", "series_instance_uid": "9.9", "url": "elsewhere", "slices": 3}
+    other = written_record("9.9", "elsewhere", 3)
     failed = {"status": "failed", "series_instance_uid": "1.2.3", "file": "x.dcm", "reason": "inconsistent rows"}
     code = podrun.main(["convert", "--task", json.dumps(SERIES), "--xcom", str(xcom), "--", *fake_cli(other, failed)])
     assert code == 2 and not xcom.exists()
@@ -44,12 +53,13 @@ def test_command_exit_status_is_passed_on(tmp_path: Path) -> None:
 
 def test_reconstruct_result(tmp_path: Path) -> None:
     xcom = tmp_path / "return.json"
-    item = {"series": SERIES, "rank": 7, "label": "scan-a rank=7", "output_url": "s3://b/denoised/1.2.3/rank-7"}
+    item = Output(series=ONE, mode="global", rank=7)
     metrics = {"rank": 7, "retained_energy": 0.98}
-    assert podrun.main(["reconstruct", "--task", json.dumps(item), "--xcom", str(xcom), "--", *fake_cli(metrics)]) == 0
+    task = json.dumps(item.to_xcom())
+    assert podrun.main(["reconstruct", "--task", task, "--xcom", str(xcom), "--", *fake_cli(metrics)]) == 0
     result = json.loads(xcom.read_text())
-    assert result == {"folder": "scan-a", "series_instance_uid": "1.2.3", "mode": "global", "rank": 7, "multiplier": None,
-                      "label": "scan-a rank=7", "output_url": item["output_url"], "metrics": metrics}  # fmt: skip
+    assert Reconstructed.from_xcom(result) == Reconstructed(output=item, metrics=metrics)
+    assert result["output"]["label"] == "scan-a rank=7" and result["output"]["output_url"] == "s3://b/denoised/1.2.3/rank-7"
 
 
 def test_runs_the_real_cli(tmp_path: Path) -> None:

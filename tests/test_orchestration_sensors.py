@@ -52,7 +52,7 @@ def test_a_folder_that_keeps_changing_does_not_hold_back_the_settled_ones(
     s3_bucket: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ctdenoise import storage
-    from ctdenoise.orchestration import batch
+    from ctdenoise.orchestration import discovery
     from ctdenoise.orchestration.sensors import SettledUploadSensor
 
     conn = {"conn_type": "aws", "login": "testing", "password": "testing",
@@ -76,8 +76,10 @@ def test_a_folder_that_keeps_changing_does_not_hold_back_the_settled_ones(
     assert result.is_done is True and list(result.xcom_value["proceeded_without"]) == ["scan-b"]
     assert result.xcom_value["folders"] == {"scan-a": 1, "scan-b": 1}
     # and discover_series, with the same rule, leaves scan-b out for it (scan-a is no DICOM here)
-    _, skipped = batch.discover(partition, ds="2026-11-21", work_url=f"s3://{s3_bucket}/work", denoised_url=f"s3://{s3_bucket}/denoised",
-                                params={}, params_hash="h", svd_key="k", settle_seconds=2)  # fmt: skip
+    from ctdenoise.params import RunParams
+
+    _, skipped = discovery.discover(partition, ds="2026-11-21", work_url=f"s3://{s3_bucket}/work", denoised_url=f"s3://{s3_bucket}/denoised",
+                                    params=RunParams(), settle_seconds=2)  # fmt: skip
     reasons = {s["folder"]: s["reason"] for s in skipped}
     assert reasons["scan-b"].startswith("upload not settled") and not reasons.get("scan-a", "").startswith("upload not settled")
     # with no folder settled, the deadline changes nothing: the sensor's timeout fails the run

@@ -13,17 +13,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ctdenoise.params import LocalParams, RankRules, SvdParams, add_arguments, from_arguments
+
 
 def _emit(record: dict) -> None:
     print(json.dumps(record, sort_keys=True), flush=True)
-
-
-def _ranks(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
@@ -39,11 +33,12 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from ctdenoise.convert import convert
+    from ctdenoise.records import Written
 
     written = 0
-    for record in convert(args.src, args.dst):
-        _emit(record)
-        written += record.get("status") == "written"
+    for outcome in convert(args.src, args.dst):
+        _emit(outcome.to_xcom())
+        written += isinstance(outcome, Written)
     if written == 0:
         print(f"error: no CT series could be converted from {args.src}", file=sys.stderr)
         return 1
@@ -53,19 +48,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_svd(args: argparse.Namespace) -> int:
     from ctdenoise.decomposition import svd_numpy
 
-    _emit(svd_numpy(args.matrix, args.out, rank=args.rank, method=args.method, seed=args.seed))
+    svd = from_arguments(SvdParams, args, args.matrix)
+    _emit(svd_numpy(args.matrix, args.out, rank=args.rank, **svd.as_json()))
     return 0
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from ctdenoise.local_lowrank import local_numpy
-    from ctdenoise.local_params import LocalParams
+    from ctdenoise.local_group import local_numpy
 
-    params = LocalParams(
-        tile=args.tile, stride=args.stride, multipliers=tuple(args.multipliers), shrinkage=args.shrinkage,
-        inplane=args.inplane, inplane_strength=args.inplane_strength,
-    )
-    _emit(local_numpy(args.matrix, args.out, params))
+    _emit(local_numpy(args.matrix, args.out, from_arguments(LocalParams, args, args.matrix)))
     return 0
 
 
@@ -73,16 +64,11 @@ def cmd_ranks(args: argparse.Namespace) -> int:
     from ctdenoise.matrix_store import read_svd
     from ctdenoise.ranks import select_ranks
 
+    rules = from_arguments(RankRules, args, args.svd)
     s, _, attrs = read_svd(args.svd)
-    for choice in select_ranks(
-        s,
-        tuple(attrs["matrix_shape"]),
-        ranks=args.ranks,
-        drop_percents=args.drop_percents,
-        auto=args.auto,
-        frobenius_norm=attrs.get("frobenius_norm"),
-    ):
-        _emit(choice.as_dict())
+    shape = tuple(attrs["matrix_shape"])
+    for choice in select_ranks(s, shape, rules.ranks, rules.drop_percents, rules.auto_rank, attrs.get("frobenius_norm")):
+        _emit(choice.to_xcom())
     return 0
 
 
@@ -112,33 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="folder or URL receiving <SeriesInstanceUID>.zarr")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("svd", help="single-machine SVD of a matrix (tests; Spark job: spark/dssvd.py)")
+    p = sub.add_parser("svd", help="single-machine SVD of a matrix (the Spark job: spark/dssvd.py --out)")
     p.add_argument("matrix")
     p.add_argument("out")
     p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--method", choices=["auto", "exact", "stochastic"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    add_arguments(p, SvdParams)
     p.set_defaults(func=cmd_svd)
 
-    from ctdenoise.local_params import INPLANE, SHRINKAGES, LocalParams
-
-    defaults = LocalParams()
-    p = sub.add_parser("local", help="single-machine local low-rank denoising (Spark job: spark/dssvd.py --local-out)")
+    p = sub.add_parser("local", help="single-machine local low-rank denoising (the Spark job: spark/dssvd.py --local-out)")
     p.add_argument("matrix")
     p.add_argument("out", help="where to publish the local low-rank group (Zarr URL)")
-    p.add_argument("--tile", type=int, default=defaults.tile, help="tile size (pixels)")
-    p.add_argument("--stride", type=int, default=defaults.stride, help="tile stride (pixels)")
-    p.add_argument("--multipliers", type=_floats, default=defaults.multipliers, help="threshold multipliers, e.g. 0.5,0.75,1")
-    p.add_argument("--shrinkage", choices=SHRINKAGES, default=defaults.shrinkage)
-    p.add_argument("--inplane", choices=INPLANE, default=defaults.inplane, help="in-plane stage after the tiles (nlm or none)")
-    p.add_argument("--inplane-strength", type=float, default=defaults.inplane_strength, help="in-plane strength (x the estimate's noise)")
+    add_arguments(p, LocalParams)
     p.set_defaults(func=cmd_local)
 
     p = sub.add_parser("ranks", help="ranks to reconstruct from an SVD's spectrum")
     p.add_argument("svd")
-    p.add_argument("--ranks", type=_ranks, default=None, help="explicit ranks, e.g. 5,10,20")
-    p.add_argument("--drop-percents", type=_floats, default=None, help="the seed's rule, e.g. 0.1,1,5,10,30")
-    p.add_argument("--auto", action=argparse.BooleanOptionalAction, default=True, help="Gavish-Donoho rank")
+    add_arguments(p, RankRules, exclude={"k"})
     p.set_defaults(func=cmd_ranks)
 
     p = sub.add_parser("reconstruct", help="write a denoised DICOM series (rank r, or local mode at a multiplier), preview and metrics")

@@ -4,14 +4,13 @@ The matrix and its attributes follow docs/architecture.md ("Series matrix"): sha
 ``(rows*columns, slices)``, float32 HU, column j = slice j in ascending position along the slice
 normal (:mod:`ctdenoise.geometry`), pixel (r, c) at row ``r*columns + c``.
 
-:func:`convert` yields one JSON-able record per outcome, as it happens:
+:func:`convert` yields one typed record per outcome, as it happens:
 
-- ``{"status": "skipped", "file", "reason"}`` for each file that is not a CT slice we convert;
-- ``{"status": "failed", "series_instance_uid", "file", "reason"}`` for a series that cannot be
-  converted (inconsistent geometry, duplicate slices, unreadable pixels...). A failed series
-  never blocks the others, and leaves nothing at its destination (publication is atomic);
-- ``{"status": "written", "series_instance_uid", "url", "rows", "columns", "slices",
-  "ordering", "seconds"}`` for each published matrix.
+- :class:`~ctdenoise.records.Skipped` for each file that is not a CT slice we convert;
+- :class:`~ctdenoise.records.Failed` for a series that cannot be converted (inconsistent
+  geometry, duplicate slices, unreadable pixels...). A failed series never blocks the others,
+  and leaves nothing at its destination (publication is atomic);
+- :class:`~ctdenoise.records.Written` for each published matrix.
 
 If SRC holds no CT series at all, :class:`ctdenoise.errors.InputError` is raised after the skip
 records (the CLI prints it on one line and exits with status 2).
@@ -31,17 +30,18 @@ from ctdenoise import matrix_store, storage
 from ctdenoise.dicom_series import SliceHeader, header_json, read_hu, scan_series
 from ctdenoise.errors import InputError
 from ctdenoise.metrics import slice_noise_level
+from ctdenoise.records import Failed, Skipped, Written
 from ctdenoise.geometry import SeriesInputError, SliceOrder, check_consistency, order_slices
 
 log = logging.getLogger(__name__)
 
 
-def convert(src: str, dst: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+def convert(src: str, dst: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[Skipped | Failed | Written]:
     """Convert every CT series under ``src`` (folder or URL prefix) into a matrix under ``dst``."""
     series, skipped = scan_series(src, storage_options)
     yield from skipped
     if not series:
-        reasons = Counter(r["reason"] for r in skipped)
+        reasons = Counter(r.reason for r in skipped)
         summary = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3))
         detail = f"{len(skipped)} files skipped" + (f": {summary}" if summary else "")
         raise InputError(f"{src}: no CT image series found ({detail})")
@@ -50,12 +50,10 @@ def convert(src: str, dst: str, storage_options: Mapping[str, Any] | None = None
             yield convert_series(headers, storage.join(dst, f"{uid}.zarr"), storage_options)
         except SeriesInputError as exc:
             log.error("series %s failed: %s", uid, exc)
-            yield {"status": "failed", "series_instance_uid": uid, "file": exc.file, "reason": str(exc)}
+            yield Failed(series_instance_uid=uid, file=exc.file, reason=str(exc))
 
 
-def convert_series(
-    headers: Sequence[SliceHeader], dest_url: str, storage_options: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+def convert_series(headers: Sequence[SliceHeader], dest_url: str, storage_options: Mapping[str, Any] | None = None) -> Written:
     """Check, order, read (one slice at a time) and publish one series; returns its record."""
     started = time.perf_counter()
     uid = headers[0].series_instance_uid
@@ -76,16 +74,8 @@ def convert_series(
     del matrix
     seconds = round(time.perf_counter() - started, 3)
     log.info("series %s: %d slices of %dx%d -> %s (%.1f s)", uid, len(ordered), rows, columns, dest_url, seconds)
-    return {
-        "status": "written",
-        "series_instance_uid": uid,
-        "url": dest_url,
-        "rows": rows,
-        "columns": columns,
-        "slices": len(ordered),
-        "ordering": order.rule,
-        "seconds": seconds,
-    }
+    return Written(series_instance_uid=uid, url=dest_url, rows=rows, columns=columns, slices=len(ordered),
+                   ordering=order.rule, seconds=seconds)  # fmt: skip
 
 
 def series_attributes(ordered: Sequence[SliceHeader], order: SliceOrder) -> dict[str, Any]:

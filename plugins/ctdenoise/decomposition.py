@@ -611,33 +611,15 @@ def svd_numpy(
     with_u: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Single-machine SVD of a published series matrix, written as the SVD group at ``out_url``.
+    """Single-machine SVD of a published series matrix, written as the SVD group at ``out_url``:
+    the job's code (:func:`ctdenoise.job.run_job`) on :class:`~ctdenoise.job.LocalEngine`
+    (``ctdenoise svd``, tests). Returns the summary (``svd`` URL, method, rank, timings, error
+    estimate, top singular values)."""
+    from ctdenoise.job import DssvdJob, LocalEngine, run_job
 
-    The same kernels and algorithm as the Spark job (``spark/dssvd.py``); used by
-    ``ctdenoise svd`` and by tests. Returns a JSON-friendly summary (``svd`` URL, method,
-    rank, timings, error estimate, top singular values).
-    """
-    from ctdenoise.matrix_store import open_matrix
-
-    timings = Timings()
-    with timings.stage("open"):
-        arr = open_matrix(matrix_url, storage_options=storage_options)
-    if arr.ndim != 2:
-        raise ParameterError(f"{matrix_url}: a series matrix is 2-D (voxels, slices), got shape {arr.shape}")
-    result = decompose(
-        LocalRunner(arr),
-        arr.shape,
-        rank,
-        method=method,
-        oversample=oversample,
-        power_iters=power_iters,
-        seed=seed,
-        with_u=with_u,
-        float32_data=arr.dtype != np.float64,
-        source=matrix_url,
-        timings=timings,
-    )
-    return publish_result(result, matrix_url, out_url, timings, engine="numpy", storage_options=storage_options)
+    svd = {"method": method, "seed": seed, "oversample": oversample, "power_iters": power_iters}
+    job = DssvdJob.parse({"matrix": matrix_url, "out": out_url, "rank": rank, "svd": svd, "with_u": with_u}, matrix_url)
+    return run_job(job, LocalEngine(storage_options))
 
 
 def publish_result(

@@ -5,8 +5,8 @@ more than its own series:
 
 1. :func:`scan_series` reads only the headers (``stop_before_pixels``) of every file under a
    folder or fsspec URL prefix, classifies each file (:func:`skip_reason`) and groups the CT
-   slices by SeriesInstanceUID. Files that are not usable give *skip records*
-   ``{"status": "skipped", "file": ..., "reason": ...}``.
+   slices by SeriesInstanceUID. A file that is not usable gives
+   a :class:`~ctdenoise.records.Skipped` record.
 2. :func:`read_hu` reads one file's pixel data when its series is converted and applies the
    modality LUT (RescaleSlope/RescaleIntercept) to get Hounsfield units as float32.
 
@@ -35,6 +35,7 @@ from pydicom.uid import UID
 from ctdenoise import storage
 from ctdenoise.errors import InputError
 from ctdenoise.geometry import SeriesInputError, SliceGeometry
+from ctdenoise.records import Skipped
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,9 @@ class SliceHeader:
     dataset: Dataset  # header without pixel data
 
 
-def skip_record(file: str, reason: str) -> dict[str, str]:
+def skip_record(file: str, reason: str) -> Skipped:
     log.info("skipped %s: %s", file, reason)
-    return {"status": "skipped", "file": file, "reason": reason}
+    return Skipped(file=file, reason=reason)
 
 
 def list_files(src: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str, list[str]]:
@@ -154,7 +155,7 @@ def skip_reason(ds: Dataset, name: str) -> str | None:
 
 def scan_series(
     src: str, storage_options: Mapping[str, Any] | None = None
-) -> tuple[dict[str, list[SliceHeader]], list[dict[str, str]]]:
+) -> tuple[dict[str, list[SliceHeader]], list[Skipped]]:
     """Headers of every CT slice under ``src`` grouped by SeriesInstanceUID, and skip records.
 
     Series appear in order of their first file (files are listed sorted); no pixel data is read.
@@ -162,7 +163,7 @@ def scan_series(
     fs, root, paths = list_files(src, storage_options)
     show_protocol = "://" in src
     series: dict[str, list[SliceHeader]] = {}
-    skipped: list[dict[str, str]] = []
+    skipped: list[Skipped] = []
     for path in paths:
         url = fs.unstrip_protocol(path) if show_protocol else path
         name = posixpath.relpath(path, root) if root else path

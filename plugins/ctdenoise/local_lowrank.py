@@ -73,15 +73,7 @@ import numpy as np
 
 from ctdenoise.errors import ParameterError
 
-from ctdenoise.local_params import (  # noqa: F401 (re-exported)
-    ALGORITHM,
-    DEFAULT_MULTIPLIERS,
-    NLM_DISTANCE,
-    NLM_PATCH,
-    SHRINKAGES,
-    LocalParams,
-    multiplier_label,
-)
+from ctdenoise.params import NLM_DISTANCE, NLM_PATCH, Inplane, LocalParams, Shrinkage, Weights
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,14 +89,14 @@ def mp_median(beta: float) -> float:
     return median(beta)
 
 
-def shrink(s: np.ndarray, sigma: np.ndarray, N: int, beta: float, shrinkage: str) -> np.ndarray:
+def shrink(s: np.ndarray, sigma: np.ndarray, N: int, beta: float, shrinkage: Shrinkage) -> np.ndarray:
     """Shrunk singular values for noise level ``sigma`` (per tile: ``s`` is ``(t, d)``, ``sigma`` ``(t,)``)."""
     from ctdenoise.ranks import lambda_star
 
     scale = sigma[:, None] * math.sqrt(N)
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.where(scale > 0, s / scale, np.inf)
-        if shrinkage == "hard":
+        if shrinkage == Shrinkage.HARD:
             return np.where(y > lambda_star(beta), s, 0.0)
         edge = 1.0 + math.sqrt(beta)
         eta = np.sqrt(np.maximum((y * y - beta - 1.0) ** 2 - 4.0 * beta, 0.0)) / y
@@ -266,7 +258,7 @@ def denoise_rows(
             X /= column_scale
         left, right, ranks, sigma = tile_factors(X, params)
         right = right.astype(np.float32)
-        weights = 1.0 / (1.0 + ranks) if params.weights == "inverse_rank" else np.ones(ranks.shape)
+        weights = 1.0 / (1.0 + ranks) if params.weights == Weights.INVERSE_RANK else np.ones(ranks.shape)
         lo, hi = max(r0, row_start), min(r0 + tile_r, row_stop)
         rs = slice(lo - row_start, hi - row_start)
         # only the tile rows inside the band (left rows are tile pixels, row-major), and only the
@@ -345,7 +337,7 @@ def denoise_band(
     start, stop, _, _ = band_input_rows(row_start, row_stop, rows, params)
     # tiles first seen in the halo belong to the neighbouring band
     D, stats = denoise_rows(block, block_row_start, start, stop, rows, columns, params, column_scale, (row_start, row_stop))
-    if params.inplane == "none":  # no halo: the tile pass covered the band exactly
+    if params.inplane == Inplane.NONE:  # no halo: the tile pass covered the band exactly
         return D, stats
     lo, hi = (row_start - start) * columns, (row_stop - start) * columns
     n_mult, _, n = D.shape
@@ -407,7 +399,7 @@ def inplane_sigmas(
     scikit-image's wavelet ``estimate_sigma`` where the band has too little soft tissue.
     ``read_rows(first, stop)`` returns the series matrix rows of image rows ``[first, stop)``.
     """
-    if params.inplane == "none":
+    if params.inplane == Inplane.NONE:
         return None
     from skimage.restoration import estimate_sigma
 
@@ -428,51 +420,6 @@ def inplane_sigmas(
             levels.append(round(level, 4) if math.isfinite(level) else 0.0)
         out.append(levels)
     return out
-
-
-def read_image_rows(matrix_url: str, columns: int, first: int, stop: int) -> np.ndarray:
-    """The series matrix rows of image rows ``[first, stop)``, read from ``matrix_url`` (the
-    driver's noise-level band and each executor's rows go through here)."""
-    from ctdenoise.decomposition import read_row_blocks
-
-    return np.concatenate(list(read_row_blocks(matrix_url, [(first * columns, stop * columns)])), axis=0)
-
-
-def partition_task(
-    matrix_url: str,
-    out_url: str,
-    rows: int,
-    columns: int,
-    params: dict[str, Any],
-    column_scale: Sequence[float] | None,
-    inplane_sigma: Sequence[Sequence[float]] | None,
-    index: int,
-    items: Any,
-) -> Any:
-    """What one Spark partition does: denoise its bands and write them into the local group at
-    ``out_url`` (uncommitted, see :func:`publish_bands`); yields ``(row_start, row_stop, stats)``.
-
-    A partition's bands are contiguous: it reads the image rows they need (their tiles and the
-    in-plane halo reach a few rows into the neighbouring groups) once and denoises the whole
-    group in one pass, so a tile is computed twice only at group edges. Each band is one chunk
-    of ``D``, so no two partitions write the same chunk. Lives here, not in the Spark job, so
-    executors import it by name; S3 access comes from the environment (``AWS_*``).
-    """
-    from ctdenoise.matrix_store import write_local_band
-
-    p = LocalParams.from_dict(params)
-    bands = sorted(tuple(b) for group in items for b in group)
-    if not bands:
-        return
-    start, stop = bands[0][0], bands[-1][1]
-    if any(a != b for (_, a), (b, _) in zip(bands, bands[1:])):
-        raise ValueError(f"partition {index}: bands {bands} are not contiguous")
-    scale = None if column_scale is None else np.asarray(column_scale, dtype=np.float64)
-    sigma = None if inplane_sigma is None else np.asarray(inplane_sigma, dtype=np.float64)
-    read_rows = functools.partial(read_image_rows, matrix_url, columns)
-    for a, b, D, stats in denoised_bands(read_rows, [(start, stop)], rows, columns, p, scale, sigma):
-        write_local_band(out_url, a * columns, b * columns, D)
-        yield a, b, stats
 
 
 def _disjoint_classes(starts: Sequence[int], tile: int) -> list[tuple[list[int], int]]:
@@ -515,7 +462,6 @@ def denoise_matrix(
     ``slice_noise``: the per-slice noise levels of :func:`ctdenoise.metrics.slice_noise_level`
     (what conversion records as the matrix attribute ``slice_noise_hu``), or None: no per-slice
     normalization."""
-    params.validate()
     scale = column_scales(slice_noise, A.shape[1])
     A = np.asarray(A)
     if A.ndim != 2 or A.shape[0] != rows * columns:
@@ -533,20 +479,6 @@ def denoise_matrix(
     return out, merge_stats(parts)
 
 
-def stats_maps(stats: TileStats, rows: int, columns: int, params: LocalParams) -> tuple[np.ndarray, np.ndarray]:
-    """``(ranks (n_mult, tile rows, tile cols) int16, sigma (tile rows, tile cols) float32)`` grids."""
-    row_starts = tile_starts(rows, params.tile, params.stride)
-    col_starts = tile_starts(columns, params.tile, params.stride)
-    r_index = {r: i for i, r in enumerate(row_starts)}
-    c_index = {c: j for j, c in enumerate(col_starts)}
-    ranks = np.zeros((len(params.multipliers), len(row_starts), len(col_starts)), dtype=np.int16)
-    sigma = np.zeros((len(row_starts), len(col_starts)), dtype=np.float32)
-    for (r, c), sg, rk in zip(stats.starts, stats.sigma, stats.ranks, strict=True):
-        sigma[r_index[r], c_index[c]] = sg
-        ranks[:, r_index[r], c_index[c]] = rk
-    return ranks, sigma
-
-
 def merge_stats(parts: Sequence[TileStats]) -> TileStats:
     out = TileStats()
     for p in parts:
@@ -554,140 +486,3 @@ def merge_stats(parts: Sequence[TileStats]) -> TileStats:
         out.sigma += p.sigma
         out.ranks += p.ranks
     return out
-
-
-def summarize(ranks: np.ndarray, sigma: np.ndarray, params: LocalParams) -> dict[str, Any]:
-    """Per multiplier, the components the tiles kept; the noise levels estimated (HU): for the
-    report and the logs."""
-    out: dict[str, Any] = {"tiles": int(sigma.size), "multipliers": {}}
-    for i, m in enumerate(params.multipliers):
-        r = ranks[i].astype(np.float64)
-        out["multipliers"][multiplier_label(m)] = {
-            "multiplier": float(m),
-            "mean_rank": round(float(r.mean()), 3),
-            "median_rank": float(np.median(r)),
-            "max_rank": int(r.max()),
-        }
-    sg = sigma.astype(np.float64)
-    out["sigma_hu"] = {"median": round(float(np.median(sg)), 3), "p10": round(float(np.percentile(sg, 10)), 3), "p90": round(float(np.percentile(sg, 90)), 3)}
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Engines: the published local group, from bands computed anywhere
-# --------------------------------------------------------------------------------------------
-
-
-def group_attrs(
-    params: LocalParams,
-    rows: int,
-    columns: int,
-    matrix_url: str,
-    shape: Sequence[int],
-    chunk_rows: int,
-    slice_noise: Sequence[float | None] | None = None,
-) -> dict[str, Any]:
-    """The attributes of a local group (see ``ctdenoise.matrix_store``); ``band_rows`` image rows
-    make one band (one ``D`` chunk), about one chunk of the series matrix (``chunk_rows``).
-    ``column_scale`` is :func:`column_scales` of the matrix's ``slice_noise_hu``, rounded as it
-    is stored: what every engine passes to :func:`denoise_rows`."""
-    from ctdenoise import __version__
-
-    scale = column_scales(slice_noise, int(shape[1]))
-    return {
-        "mode": "local",
-        "algorithm": ALGORITHM,
-        "band_rows": max(1, math.ceil(chunk_rows / columns)),
-        **params.as_dict(),
-        "tile_row_starts": tile_starts(rows, params.tile, params.stride),
-        "tile_col_starts": tile_starts(columns, params.tile, params.stride),
-        "matrix_url": matrix_url,
-        "matrix_shape": [int(x) for x in shape],
-        "column_scale": None if scale is None else [round(float(x), 6) for x in scale],
-        "created_by": f"ctdenoise {__version__}",
-    }
-
-
-def publish_bands(
-    dest_url: str,
-    run_bands: Any,
-    rows: int,
-    columns: int,
-    shape: Sequence[int],
-    params: LocalParams,
-    attrs: dict[str, Any],
-    timings: Any,
-    storage_options: Any = None,
-) -> dict[str, Any]:
-    """Create the local group, let ``run_bands(work_url)`` fill ``D`` and return the band stats
-    (``(row_start, row_stop, TileStats)`` items), then commit it at ``dest_url`` atomically.
-
-    ``run_bands`` is where the work happens (Spark executors or this process), inside the
-    ``local_pass`` stage of ``timings`` (a :class:`ctdenoise.decomposition.Timings`); the
-    bands write their rows directly into the uncommitted group
-    (:func:`ctdenoise.storage.open_publication`), so the denoised volume never passes through
-    the driver. Returns the summary record (URL, per-multiplier ranks, noise levels, timings).
-    """
-    from ctdenoise import matrix_store, storage
-    from ctdenoise.decomposition import NON_COMPUTE_STAGES
-
-    m, n = (int(x) for x in shape)
-    grid = (len(attrs["tile_row_starts"]), len(attrs["tile_col_starts"]))
-    band_rows = attrs["band_rows"]
-    work = storage.open_publication(dest_url, storage_options)
-    try:
-        matrix_store.create_local_group(work, (m, n), len(params.multipliers), grid, band_rows * columns, storage_options)
-        with timings.stage("local_pass"):
-            parts = [band_stats for _, _, band_stats in run_bands(work)]
-            ranks, sigma = stats_maps(merge_stats(parts), rows, columns, params)
-        summary = summarize(ranks, sigma, params)
-        stages = timings.as_dict()
-        stages["compute_total"] = round(sum(v for k, v in timings.stages.items() if k not in NON_COMPUTE_STAGES), 6)
-        with timings.stage("write"):
-            matrix_store.commit_local_group(work, {**attrs, "timings": stages, "summary": summary}, ranks, sigma, storage_options)
-            storage.commit_publication(work, dest_url)
-    except BaseException:
-        storage.abandon_publication(work, dest_url, storage_options)
-        raise
-    stages["write"] = round(timings.stages["write"], 6)
-    return {"local": dest_url, "mode": "local", "summary": summary, "timings": stages, "matrix_shape": [m, n]}
-
-
-def matrix_geometry(arr: Any, url: str) -> tuple[int, int]:
-    """``(rows, columns)`` of a series matrix from its attributes; :class:`InputError` if absent or wrong."""
-    from ctdenoise.errors import InputError
-
-    try:
-        rows, columns = int(arr.attrs["rows"]), int(arr.attrs["columns"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"{url}: local mode needs the matrix attributes rows and columns") from None
-    if rows * columns != int(arr.shape[0]):
-        raise InputError(f"{url}: rows*columns = {rows * columns} but the matrix has {arr.shape[0]} rows")
-    return rows, columns
-
-
-def local_numpy(matrix_url: str, out_url: str, params: LocalParams, storage_options: Any = None) -> dict[str, Any]:
-    """The local mode in one process (``ctdenoise local``, tests): same bands, same group as Spark."""
-    from ctdenoise.decomposition import Timings
-    from ctdenoise.matrix_store import open_matrix, write_local_band
-
-    params.validate(matrix_url)
-    arr = open_matrix(matrix_url, storage_options)
-    rows, columns = matrix_geometry(arr, matrix_url)
-    attrs = group_attrs(params, rows, columns, matrix_url, arr.shape, int(arr.chunks[0]), arr.attrs.get("slice_noise_hu"))
-    attrs["engine"] = "numpy"
-    scale = None if attrs["column_scale"] is None else np.asarray(attrs["column_scale"])
-    def read_rows(first: int, stop: int) -> np.ndarray:
-        return arr[first * columns : stop * columns]
-
-    timings = Timings()
-    with timings.stage("inplane_sigma"):
-        attrs["inplane_sigma"] = inplane_sigmas(read_rows, rows, columns, params, scale)
-    sigma = None if attrs["inplane_sigma"] is None else np.asarray(attrs["inplane_sigma"])
-
-    def run_bands(work: str):
-        for a, b, D, stats in denoised_bands(read_rows, band_ranges(rows, attrs["band_rows"]), rows, columns, params, scale, sigma):
-            write_local_band(work, a * columns, b * columns, D, storage_options)
-            yield a, b, stats
-
-    return publish_bands(out_url, run_bands, rows, columns, arr.shape, params, attrs, timings, storage_options)

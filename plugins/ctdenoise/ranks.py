@@ -31,39 +31,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from ctdenoise.errors import ParameterError
+from ctdenoise.records import RankChoice, RankRule, RuleDetail
 
 log = logging.getLogger(__name__)
 
-RULES = ("explicit", "drop_percent", "gavish_donoho")
-
-
-@dataclass(frozen=True)
-class RankChoice:
-    """One rank to reconstruct and every rule that led to it.
-
-    ``rule`` and ``detail`` are those of the first rule (in the order explicit, drop_percent,
-    gavish_donoho); ``rules`` lists all of them as ``{"rule": ..., **detail}`` dicts.
-    """
-
-    rank: int
-    rule: str
-    detail: dict[str, Any] = field(default_factory=dict)
-    rules: tuple[dict[str, Any], ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank,
-            "rule": self.rule,
-            "detail": dict(self.detail),
-            "rules": [dict(r) for r in (self.rules or ({"rule": self.rule, **self.detail},))],
-        }
 
 
 def omega(beta: float) -> float:
@@ -187,12 +164,12 @@ def select_ranks(
         raise ParameterError("the SVD has no singular values")
     m, n = _shape(shape)
     n_full = min(m, n)
-    found: dict[int, list[dict[str, Any]]] = {}
+    found: dict[int, list[RuleDetail]] = {}
 
     for r in ranks or ():
         if isinstance(r, bool) or int(r) != r or not 1 <= int(r) <= len(s):
             raise ParameterError(f"rank {r} is outside 1..{len(s)} (the singular values stored in the SVD)")
-        found.setdefault(int(r), []).append({"rule": "explicit"})
+        found.setdefault(int(r), []).append(RuleDetail(rule=RankRule.EXPLICIT))
 
     for p in drop_percents or ():
         r = drop_percent_rank(n_full, p)
@@ -203,17 +180,11 @@ def select_ranks(
                 p, n_full, r, len(s),
             )
             continue
-        found.setdefault(r, []).append({"rule": "drop_percent", "percent": float(p), "dropped": n_full - r})
+        found.setdefault(r, []).append(RuleDetail(rule=RankRule.DROP_PERCENT, percent=float(p), dropped=n_full - r))
 
     if auto:
         r, detail = gavish_donoho_rank(s, (m, n), frobenius_norm)
-        found.setdefault(r, []).append({"rule": "gavish_donoho", **detail})
+        found.setdefault(r, []).append(RuleDetail(rule=RankRule.GAVISH_DONOHO, **detail))
 
-    choices = []
-    for r in sorted(found):
-        rules = tuple(sorted(found[r], key=lambda d: RULES.index(d["rule"])))
-        first = rules[0]
-        choices.append(
-            RankChoice(rank=r, rule=first["rule"], detail={k: v for k, v in first.items() if k != "rule"}, rules=rules)
-        )
-    return choices
+    order = list(RankRule)
+    return [RankChoice(rank=r, rules=tuple(sorted(found[r], key=lambda d: order.index(d.rule)))) for r in sorted(found)]

@@ -302,9 +302,9 @@ def local_uid_keys() -> tuple[str, ...]:
     """The local group's attributes a derived series UID depends on besides its multiplier: the
     algorithm and every parameter that changes its pixels (all of :class:`LocalParams` but the
     list of multipliers), so outputs of other settings never share a UID."""
-    from ctdenoise.local_params import LocalParams
+    from ctdenoise.params import LocalParams
 
-    return ("algorithm", *(name for name in LocalParams.__dataclass_fields__ if name != "multipliers"))
+    return ("algorithm", *(name for name in LocalParams.model_fields if name != "multipliers"))
 
 
 class LocalMultiplier(Denoised):
@@ -313,7 +313,7 @@ class LocalMultiplier(Denoised):
     mode = "local"
 
     def __init__(self, source: SourceSeries, local_url: str, multiplier: Any, storage_options: Mapping[str, Any] | None):
-        from ctdenoise.local_lowrank import multiplier_label
+        from ctdenoise.params import multiplier_label
 
         group, self.attrs = matrix_store.open_local(local_url, storage_options)
         multipliers = [float(x) for x in self.attrs.get("multipliers") or []]

@@ -115,50 +115,28 @@ def load_dag(runtime: str, monkeypatch: Any) -> Any:
 
 
 def sample_series(uid: str = "1.2.826.0.1.3680043.8.498.1", folder: str = "scan-a", ds: str = "2026-11-20") -> dict[str, Any]:
-    """A series record as discover_series produces it (default params)."""
-    from ctdenoise.orchestration import batch
-    from ctdenoise.orchestration import params as run_params
+    """A series record as discover_series produces it (default params), as its XCom."""
+    from ctdenoise.params import RunParams
+    from ctdenoise.records import Series
 
-    normalized = run_params.normalize({})
-    return batch.series_record(
-        folder=folder,
-        source_url=f"s3://ct-denoise/incoming/{ds}/{folder}",
-        series_uid=uid,
-        ds=ds,
-        work_url=f"s3://ct-denoise/work/{ds}",
-        denoised_url="s3://ct-denoise/denoised",
-        params=normalized,
-        params_hash=run_params.params_hash(normalized),
-        svd_key=run_params.svd_key(normalized),
-        files=64,
-    )
+    return Series(folder=folder, ds=ds, source_url=f"s3://ct-denoise/incoming/{ds}/{folder}", files=64,
+                  series_instance_uid=uid, work_url=f"s3://ct-denoise/work/{ds}/{folder}",
+                  denoised_url="s3://ct-denoise/denoised", params=RunParams()).to_xcom()  # fmt: skip
 
 
 def sample_converted(series: dict[str, Any], slices: int = 64) -> dict[str, Any]:
     """The convert XCom of a series whose matrix was written."""
-    from ctdenoise.orchestration import batch
+    from ctdenoise.records import Converted, Series, Written
 
-    record = {
-        "status": "written",
-        "series_instance_uid": series["series_instance_uid"],
-        "url": series["matrix_url"],
-        "rows": 512,
-        "columns": 512,
-        "slices": slices,
-        "ordering": "normal",
-        "seconds": 1.0,
-    }
-    return batch.convert_result(series, [record])
+    one = Series.from_xcom(series)
+    written = Written(series_instance_uid=one.series_instance_uid, url=one.matrix_url, rows=512, columns=512,
+                      slices=slices, ordering="normal", seconds=1.0)  # fmt: skip
+    return Converted.from_outcomes(one, [written]).to_xcom()
 
 
 def sample_item(series: dict[str, Any], rank: int = 20) -> dict[str, Any]:
-    """One plan item of ``plan_ranks``."""
-    return {
-        "series": series,
-        "rank": rank,
-        "rules": ["explicit"],
-        "detail": {},
-        "rule_details": [{"rule": "explicit"}],
-        "label": f"{series['folder']} rank={rank}",
-        "output_url": f"{series['series_url']}/rank-{rank}",
-    }
+    """One planned output of ``plan_ranks``, as its XCom."""
+    from ctdenoise.records import Output, RankChoice, RuleDetail, Series
+
+    choice = RankChoice(rank=rank, rules=(RuleDetail(rule="explicit"),))
+    return Output(series=Series.from_xcom(series), mode="global", rank=rank, choice=choice).to_xcom()

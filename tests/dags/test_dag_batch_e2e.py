@@ -2,7 +2,7 @@
 
 One moto S3 server (HTTP on 127.0.0.1) and one migrated ``AIRFLOW_HOME`` serve the whole module.
 Six DAG runs on small phantoms (48 x 48 pixels, 10 slices, so each spark-submit is quick) cover
-the batch rules of :mod:`ctdenoise.orchestration.batch`:
+the batch rules (:mod:`ctdenoise.orchestration.discovery`, :func:`ctdenoise.report.publish_report`):
 
 ===  ==========================================================  ===============================
 run  partition and set-up                                        scenarios
@@ -46,8 +46,8 @@ from typing import Any
 
 import pytest
 
-from ctdenoise.orchestration import devenv
-from ctdenoise.orchestration import params as run_params
+import devenv
+from ctdenoise.params import RunParams
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
@@ -393,7 +393,7 @@ def test_two_series_are_published_at_every_planned_rank(run_d1: FirstRun, stack:
     import pydicom
 
     run = run_d1.run
-    expected_hash = run_params.params_hash(run_params.normalize(CONF))
+    expected_hash = RunParams.from_conf(CONF).params_hash()
     derived_series: set[str] = set()
     derived_sops: set[str] = set()
     for folder in (GOOD, SLOW):

@@ -10,8 +10,7 @@ import pytest
 from dag_fixtures import sample_series
 
 from ctdenoise.errors import ParameterError
-from ctdenoise.orchestration import batch
-from ctdenoise.orchestration import params as run_params
+from ctdenoise.params import RunParams
 
 
 
@@ -30,8 +29,8 @@ def trigger(trigger_params: Any, conf: dict[str, Any]) -> dict[str, Any]:
 
 def test_form_defaults_are_valid(trigger_params: Any) -> None:
     values = trigger(trigger_params, {})
-    assert set(values) == set(run_params.PARAM_SPECS)
-    assert run_params.normalize(values)["auto_rank"] is True
+    assert set(values) == set(RunParams.model_fields)
+    assert RunParams.from_conf(values) == RunParams()
 
 
 @pytest.mark.parametrize(
@@ -90,6 +89,7 @@ def write_spectrum(tmp_path: Path, series: dict[str, Any], shape: tuple[int, int
     """A full (exact) spectrum: three strong components over a flat noise floor near 1."""
     from ctdenoise.matrix_store import write_svd
 
+    series = series.to_xcom()
     n = shape[1]
     s = np.concatenate([[100.0, 50.0, 20.0], np.linspace(1.05, 0.95, n - 3)])
     V = np.linalg.qr(np.random.default_rng(0).normal(size=(n, n)))[0]
@@ -98,20 +98,12 @@ def write_spectrum(tmp_path: Path, series: dict[str, Any], shape: tuple[int, int
     write_svd(series["svd_url"], s, V, attrs)
 
 
-def local_series(tmp_path: Path, conf: dict[str, Any]) -> dict[str, Any]:
-    normalized = run_params.normalize(conf)
-    return batch.series_record(
-        folder="scan-a",
-        source_url=str(tmp_path / "incoming" / "scan-a"),
-        series_uid="1.2.3.4",
-        ds="2026-11-20",
-        work_url=str(tmp_path / "work"),
-        denoised_url=str(tmp_path / "denoised"),
-        params=normalized,
-        params_hash=run_params.params_hash(normalized),
-        svd_key=run_params.svd_key(normalized),
-        files=20,
-    )
+def local_series(tmp_path: Path, conf: dict[str, Any]) -> Any:
+    from ctdenoise.records import Series
+
+    return Series(folder="scan-a", ds="2026-11-20", source_url=str(tmp_path / "incoming" / "scan-a"), files=20,
+                  series_instance_uid="1.2.3.4", work_url=str(tmp_path / "work" / "scan-a"),
+                  denoised_url=str(tmp_path / "denoised"), params=RunParams.from_conf({"modes": ["global"], **conf}))  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -129,21 +121,25 @@ def local_series(tmp_path: Path, conf: dict[str, Any]) -> dict[str, Any]:
 def test_good_values_give_the_expected_fan_out(
     tmp_path: Path, dag: Any, conf: dict[str, Any], expected: dict[int, list[str]]
 ) -> None:
+    from ctdenoise.plan import plan
+    from ctdenoise.records import Converted, Written
+
     series = local_series(tmp_path, conf)
     write_spectrum(tmp_path, series, (4096, 20))
-    converted = {"series": series, "matrix": {"slices": 20}, "records": []}
-    items, left_out = batch.plan([converted], storage_options={})
+    matrix = Written(series_instance_uid=series.series_instance_uid, url=series.matrix_url, rows=64, columns=64, slices=20,
+                     ordering="normal", seconds=0)  # fmt: skip
+    items, left_out = plan([Converted(series=series, matrix=matrix)], storage_options={})
     assert left_out == []
-    assert {i["rank"]: i["rules"] for i in items} == expected
-    assert [i["label"] for i in items] == [f"scan-a rank={r}" for r in sorted(expected)]
-    assert all(i["output_url"] == f"{series['series_url']}/rank-{i['rank']}" for i in items)
-    # Each item becomes one reconstruct task instance: the DAG's own map function accepts it.
+    assert {i.rank: [r.rule for r in i.choice.rules] for i in items} == expected
+    assert [i.label for i in items] == [f"scan-a rank={r}" for r in sorted(expected)]
+    assert all(i.output_url == f"{series.series_url}/rank-{i.rank}" for i in items)
+    # Each item becomes one reconstruct task instance: the DAG's own map function accepts its XCom.
     mapped = dag.task_dict["reconstruct"]
     to_kwargs = mapped._get_specified_expand_input().value.callables[0]
-    assert [to_kwargs(i)["item"]["rank"] for i in items] == sorted(expected)
+    assert [to_kwargs(i.to_xcom())["item"]["rank"] for i in items] == sorted(expected)
 
 
 def test_sample_series_uses_default_params() -> None:
     series = sample_series()
-    assert series["params"] == run_params.normalize({})
+    assert series["params"] == RunParams().as_json()
     assert series["svd_url"].endswith("/svd-k50-o15-q2-s0.zarr")

@@ -23,7 +23,7 @@ from typing import Any
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import task
 
-from ctdenoise.orchestration import aws, batch
+from ctdenoise.orchestration import aws
 from ctdenoise.orchestration.config import Settings
 
 log = logging.getLogger(__name__)
@@ -32,19 +32,21 @@ log = logging.getLogger(__name__)
 def convert_series(series: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
     """``ctdenoise convert <source_url> <matrix_dir>`` for one series folder; the convert XCom."""
     from ctdenoise.convert import convert
+    from ctdenoise.records import Converted, Series
 
-    options = aws.storage_options(aws_conn_id)
-    records = list(convert(series["source_url"], series["matrix_dir"], storage_options=options))
-    return batch.convert_result(series, records)
+    one = Series.from_xcom(series)
+    outcomes = list(convert(one.source_url, one.matrix_dir, storage_options=aws.storage_options(aws_conn_id)))
+    return Converted.from_outcomes(one, outcomes).to_xcom()
 
 
-def reconstruct_rank(item: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
-    """``ctdenoise reconstruct`` of one plan item ((series, rank) or (series, multiplier)); the reconstruct XCom."""
+def reconstruct_output(item: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
+    """``ctdenoise reconstruct`` of one planned output (a global rank or a local multiplier); the reconstruct XCom."""
+    from ctdenoise.records import Output, Reconstructed
     from ctdenoise.writer import reconstruct
 
-    options = aws.storage_options(aws_conn_id)
-    metrics = reconstruct(**batch.reconstruct_kwargs(item), storage_options=options)
-    return batch.reconstruct_result(item, [metrics])
+    output = Output.from_xcom(item)
+    metrics = reconstruct(**output.reconstruct_kwargs(), storage_options=aws.storage_options(aws_conn_id))
+    return Reconstructed.from_metrics(output, [metrics]).to_xcom()
 
 
 class AwsSparkSubmitOperator(SparkSubmitOperator):
@@ -81,9 +83,11 @@ def convert(settings: Settings, series: Any) -> Any:
 
 def dssvd_kwargs(converted: dict[str, Any]) -> dict[str, Any]:
     """Per-series kwargs of the mapped SparkSubmitOperator (an ``XComArg.map`` function)."""
-    from ctdenoise.orchestration.batch import dssvd_arguments
+    from ctdenoise.job import DssvdJob
+    from ctdenoise.records import Converted
 
-    return {"application_args": dssvd_arguments(converted), "name": converted["series"]["label"]}
+    one = Converted.from_xcom(converted)
+    return {"application_args": DssvdJob.for_series(one).arguments(), "name": one.series.label}
 
 
 def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
@@ -109,7 +113,7 @@ def reconstruct(settings: Settings, plan: Any) -> Any:
 
     @task(task_id="reconstruct", map_index_template="{{ task.op_kwargs['item']['label'] }}", **_task_kwargs(settings, 60))
     def reconstruct_task(item: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
-        return reconstruct_rank(item, aws_conn_id)
+        return reconstruct_output(item, aws_conn_id)
 
     return reconstruct_task.partial(aws_conn_id=settings.aws_conn_id).expand_kwargs(plan.map(plan_item_kwargs))
 

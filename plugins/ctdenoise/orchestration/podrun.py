@@ -4,9 +4,8 @@
 ``/airflow/xcom/return.json``; the ``ctdenoise`` CLI prints JSON lines on stdout. This wrapper
 runs the CLI command given after ``--`` as a child process, echoes its output to the pod log,
 and, if the command succeeded, writes the same JSON document that the local runtime's task
-returns (:func:`ctdenoise.orchestration.batch.convert_result` or
-:func:`~ctdenoise.orchestration.batch.reconstruct_result`), so the downstream tasks read one
-format whichever runtime produced it::
+returns (a :class:`ctdenoise.records.Converted` or :class:`~ctdenoise.records.Reconstructed`),
+so the downstream tasks read one format whichever runtime produced it::
 
     python -m ctdenoise.orchestration.podrun convert --task '<series JSON>' -- ctdenoise convert SRC DST
     python -m ctdenoise.orchestration.podrun reconstruct --task '<plan item JSON>' -- ctdenoise reconstruct ...
@@ -48,12 +47,12 @@ def run_command(command: Sequence[str]) -> tuple[int, list[dict[str, Any]]]:
 
 
 def build_result(kind: str, task: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-    from ctdenoise.orchestration import batch
+    from ctdenoise.records import Converted, Output, Reconstructed, Series, parse_outcome
 
     if kind == "convert":
-        return batch.convert_result(task, records)
+        return Converted.from_outcomes(Series.from_xcom(task), [parse_outcome(r) for r in records]).to_xcom()
     if kind == "reconstruct":
-        return batch.reconstruct_result(task, records)
+        return Reconstructed.from_metrics(Output.from_xcom(task), records).to_xcom()
     raise ValueError(f"unknown task kind {kind!r}")
 
 

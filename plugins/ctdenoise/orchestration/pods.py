@@ -15,8 +15,8 @@ operator's sidecar hands it back to Airflow). Every pod:
   local runtime's ``CtDenoiseError`` does; other failures (S3, eviction, OOM) retry
   (:class:`CtDenoisePodOperator`).
 
-``dssvd`` renders ``spark/sparkapplication.yaml`` (:func:`ctdenoise.spark_app.render_spark_application`)
-per series for SparkKubernetesOperator; the Spark image runs the same ``spark/dssvd.py``.
+``dssvd`` renders the SparkApplication (:mod:`ctdenoise.orchestration.sparkapp`) per series for
+SparkKubernetesOperator; the Spark image runs the same ``spark/dssvd.py``.
 """
 
 from __future__ import annotations
@@ -135,65 +135,42 @@ def pod_partial_kwargs(settings: Settings, component: str, minutes: int) -> dict
 
 def convert_pod_kwargs(series: dict[str, Any]) -> dict[str, Any]:
     """Per-series kwargs of the convert pod (an ``XComArg.map`` function)."""
-    command = ["ctdenoise", "convert", series["source_url"], series["matrix_dir"]]
+    from ctdenoise.records import Series
+
+    one = Series.from_xcom(series)
+    command = ["ctdenoise", "convert", one.source_url, one.matrix_dir]
     return {
-        "arguments": ["convert", "--task", json.dumps(series, sort_keys=True), "--", *command],
-        "annotations": {LABEL_ANNOTATION: series["label"], "ctdenoise/series-instance-uid": series["series_instance_uid"]},
+        "arguments": ["convert", "--task", json.dumps(one.to_xcom(), sort_keys=True), "--", *command],
+        "annotations": {LABEL_ANNOTATION: one.label, "ctdenoise/series-instance-uid": one.series_instance_uid},
     }
 
 
 def reconstruct_pod_kwargs(item: dict[str, Any]) -> dict[str, Any]:
-    """Per-plan-item kwargs of the reconstruct pod (an ``XComArg.map`` function)."""
-    from ctdenoise.orchestration.batch import reconstruct_arguments
+    """Per-output kwargs of the reconstruct pod (an ``XComArg.map`` function)."""
+    from ctdenoise.records import Output
 
+    output = Output.from_xcom(item)
     return {
-        "arguments": ["reconstruct", "--task", json.dumps(item, sort_keys=True), "--", "ctdenoise", *reconstruct_arguments(item)],
+        "arguments": ["reconstruct", "--task", json.dumps(output.to_xcom(), sort_keys=True), "--", "ctdenoise",
+                      *output.reconstruct_arguments()],  # fmt: skip
         "annotations": {
-            LABEL_ANNOTATION: item["label"],
-            "ctdenoise/series-instance-uid": item["series"]["series_instance_uid"],
-            "ctdenoise/mode": str(item.get("mode", "global")),
-            "ctdenoise/rank": "" if item.get("rank") is None else str(item["rank"]),
-            "ctdenoise/multiplier": "" if item.get("multiplier") is None else f"{item['multiplier']:g}",
+            LABEL_ANNOTATION: output.label,
+            "ctdenoise/series-instance-uid": output.series.series_instance_uid,
+            "ctdenoise/mode": output.mode.value,
+            "ctdenoise/rank": "" if output.rank is None else str(output.rank),
+            "ctdenoise/multiplier": "" if output.multiplier is None else f"{output.multiplier:g}",
         },
     }
 
 
-def spark_values(converted: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The ``dssvd`` values of spark/sparkapplication.yaml for one converted series."""
-    from ctdenoise.orchestration.batch import dssvd_values
-
-    series = converted["series"]
-    return {
-        "name": application_name(series["label"]),
-        "namespace": settings.namespace,
-        "image": settings.spark_image,
-        "image_pull_policy": settings.image_pull_policy,
-        "service_account": settings.spark_service_account,
-        **dssvd_values(converted),
-        "s3_secret": settings.s3_secret,
-        "driver_cores": settings.spark_driver_cores,
-        "driver_memory": settings.spark_driver_memory,
-        "executor_cores": settings.spark_executor_cores,
-        "executor_memory": settings.spark_executor_memory,
-        "executor_instances": settings.spark_executor_instances,
-    }
-
-
-def application_name(label: str) -> str:
-    """A DNS-1123 name for the SparkApplication of a series folder (<= 40 characters + suffix)."""
-    import hashlib
-    import re
-
-    slug = re.sub(r"[^a-z0-9-]+", "-", label.lower()).strip("-")[:22].strip("-") or "series"
-    digest = hashlib.sha256(label.encode()).hexdigest()[:8]
-    return f"dssvd-{slug}-{digest}"
-
-
 def spark_application(converted: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The rendered SparkApplication (a dict) of one converted series."""
-    from ctdenoise.spark_app import render_spark_application
+    from ctdenoise.job import DssvdJob
+    from ctdenoise.orchestration.sparkapp import application_name, spark_application as render
+    from ctdenoise.records import Converted
 
-    return render_spark_application(spark_values(converted, settings))
+    one = Converted.from_xcom(converted)
+    return render(DssvdJob.for_series(one), settings, application_name(one.series.label))
 
 
 def convert(settings: Settings, series: Any) -> Any:
@@ -211,7 +188,7 @@ def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
     def dssvd_kwargs(one: dict[str, Any]) -> dict[str, Any]:
         return {
             "template_spec": spark_application(one, settings),
-            "annotations": {LABEL_ANNOTATION: one["series"]["label"]},
+            "annotations": {LABEL_ANNOTATION: one["series"]["folder"]},
         }
 
     return SparkKubernetesOperator.partial(

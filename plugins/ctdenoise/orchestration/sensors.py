@@ -6,7 +6,7 @@ the settled folders, names the others in its log and XCom, and ``discover_series
 out (a later run of the partition takes them). Only a partition with no settled folder fails.
 
 The rule (S3 ``LastModified`` of each folder's newest object older than ``settle_seconds``) is in
-:mod:`ctdenoise.orchestration.batch`. The sensor keeps no state between pokes, so it runs in
+:mod:`ctdenoise.orchestration.discovery`. The sensor keeps no state between pokes, so it runs in
 ``reschedule`` mode: between pokes it holds no worker slot, and a worker restart loses nothing.
 """
 
@@ -65,9 +65,9 @@ class SettledUploadSensor(BaseSensorOperator):
         return time.monotonic() - self._first_poke
 
     def poke(self, context: Any) -> PokeReturnValue:
-        from ctdenoise.orchestration import aws, batch
+        from ctdenoise.orchestration import aws, discovery
 
-        state = batch.settled_state(self.partition_url, self.settle_seconds, aws.storage_options(self.aws_conn_id))
+        state = discovery.settled_state(self.partition_url, self.settle_seconds, aws.storage_options(self.aws_conn_id))
         state["proceeded_without"] = {}
         done = state["settled"]
         unsettled = state["unsettled"]

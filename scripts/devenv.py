@@ -2,7 +2,7 @@
 
 Used by the end-to-end test and the demo; also by hand::
 
-    python -m ctdenoise.orchestration.devenv --date 2026-11-20 --size 64 --slices 16
+    python scripts/devenv.py --date 2026-11-20 --size 64 --slices 16
 
 It starts a moto S3 server on a free port of 127.0.0.1, creates the bucket, simulates a low-dose
 phantom series (``ctdenoise phantom``) and uploads it to ``incoming/<date>/<folder>/``, prepares
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctdenoise.orchestration.config import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DAG_ID = "ct_denoise"
 DEFAULT_JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"

@@ -1,4 +1,4 @@
-"""ctdenoise.spark_app: the SparkApplication manifest, validated against the operator's CRD schema."""
+"""The SparkApplication manifest of the kubernetes runtime, validated against the operator's CRD schema."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ from pathlib import Path
 import pytest
 
 from ctdenoise.errors import ParameterError
-from ctdenoise.spark_app import DEFAULTS, TEMPLATE_PATH, render_spark_application
+from ctdenoise.job import DssvdJob
+from ctdenoise.orchestration.config import load_settings
+from ctdenoise.orchestration.sparkapp import application_name, spark_application
 
 REPO = Path(__file__).resolve().parent.parent
 CRD = REPO.parent / "shared" / "schemas" / "sparkoperator.k8s.io_sparkapplications.yaml"
 
-VALUES = {
-    "name": "dssvd-1-2-840-10008",
-    "namespace": "ctdenoise",
-    "matrix_url": "s3://ctdenoise/matrices/1.2.840.10008.zarr",
-    "out_url": "s3://ctdenoise/svd/1.2.840.10008.zarr",
-    "rank": 50,
-    "image": "registry.example/ctdenoise:0.1.0",
-    "s3_secret": "ctdenoise-minio",
-}
+SETTINGS = load_settings({"CT_DENOISE_NAMESPACE": "ctdenoise", "CT_DENOISE_SPARK_IMAGE": "registry.example/ctdenoise:0.1.0",
+                          "CT_DENOISE_S3_SECRET": "ctdenoise-minio"})  # fmt: skip
+JOB = DssvdJob(matrix="s3://ctdenoise/matrices/1.2.840.10008.zarr", out="s3://ctdenoise/svd/1.2.840.10008.zarr", rank=50)
+NAME = "dssvd-1-2-840-10008"
 
 
 def _strict(schema: dict) -> dict:
@@ -62,36 +59,36 @@ def crd_schema() -> dict:
 def test_rendered_manifest_is_valid_against_the_crd(crd_schema):
     import jsonschema
 
-    manifest = render_spark_application({**VALUES, "with_u": True, "labels": {"series": "abc"}, "spark_conf": {"spark.eventLog.enabled": "false"}})
+    job = JOB.model_copy(update={"with_u": True})
+    manifest = spark_application(job, SETTINGS, NAME, labels={"series": "abc"})
     jsonschema.validate(manifest, crd_schema)
     assert manifest["apiVersion"] == "sparkoperator.k8s.io/v1beta2" and manifest["kind"] == "SparkApplication"
     assert manifest["metadata"] == {
-        "name": VALUES["name"],
+        "name": NAME,
         "namespace": "ctdenoise",
         "labels": {"app.kubernetes.io/name": "ctdenoise", "app.kubernetes.io/component": "dssvd", "series": "abc"},
     }
     spec = manifest["spec"]
     assert spec["type"] == "Python" and spec["mode"] == "cluster" and spec["pythonVersion"] == "3"
     assert spec["mainApplicationFile"] == "local:///opt/ctdenoise/spark/dssvd.py"
-    assert spec["image"] == VALUES["image"]
-    assert spec["arguments"] == [
-        "--matrix", VALUES["matrix_url"], "--out", VALUES["out_url"], "--rank", "50", "--oversample", "15",
-        "--power-iters", "2", "--seed", "0", "--method", "auto", "--with-u",
-    ]
-    assert spec["restartPolicy"]["type"] == "OnFailure" and spec["restartPolicy"]["onFailureRetries"] == 2
+    assert spec["image"] == "registry.example/ctdenoise:0.1.0"
+    assert spec["arguments"] == job.arguments()  # one rendered list: the template spells no flag
+    assert spec["arguments"][:6] == ["--matrix", job.matrix, "--out", job.out, "--rank", "50"]
+    assert spec["arguments"][-1] == "--with-u"
     for role in ("driver", "executor"):
         pod = spec[role]
         assert pod["envFrom"] == [{"secretRef": {"name": "ctdenoise-minio"}}]
         assert pod["podSecurityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["allowPrivilegeEscalation"] is False
-    assert spec["executor"]["instances"] == DEFAULTS["executor_instances"] and spec["executor"]["cores"] == 2
-    assert spec["sparkConf"]["spark.eventLog.enabled"] == "false"
+    assert spec["executor"]["instances"] == SETTINGS.spark_executor_instances
+    assert spec["executor"]["cores"] == SETTINGS.spark_executor_cores
+    assert spec["driver"]["memory"] == SETTINGS.spark_driver_memory and spec["driver"]["serviceAccount"] == SETTINGS.spark_service_account
 
 
 def test_the_strict_schema_rejects_a_misspelt_field(crd_schema):
     import jsonschema
 
-    manifest = render_spark_application(VALUES)
+    manifest = spark_application(JOB, SETTINGS, NAME)
     manifest["spec"]["driver"]["coress"] = 1
     with pytest.raises(jsonschema.ValidationError, match="coress"):
         jsonschema.validate(manifest, crd_schema)
@@ -100,26 +97,25 @@ def test_the_strict_schema_rejects_a_misspelt_field(crd_schema):
 def test_values_that_need_quoting_survive_rendering(crd_schema):
     import jsonschema
 
-    tricky = {**VALUES, "matrix_url": "s3://b/a: b #c/{{ ti.xcom_pull('m') }}.zarr", "rank": 7}
-    manifest = render_spark_application(tricky)
+    tricky = JOB.model_copy(update={"matrix": "s3://b/a: b #c/{{ ti.xcom_pull('m') }}.zarr", "rank": 7})
+    manifest = spark_application(tricky, SETTINGS, NAME)
     jsonschema.validate(manifest, crd_schema)
-    assert manifest["spec"]["arguments"][1] == tricky["matrix_url"]
+    assert manifest["spec"]["arguments"][1] == tricky.matrix
     assert "--with-u" not in manifest["spec"]["arguments"]
 
 
-def test_missing_or_bad_values_are_parameter_errors():
-    with pytest.raises(ParameterError, match="missing matrix_url, rank"):
-        render_spark_application({"name": "x", "out_url": "s3://b/o.zarr"})
+def test_names_must_be_dns_labels():
     with pytest.raises(ParameterError, match="lowercase letters"):
-        render_spark_application({**VALUES, "name": "DSSVD_1"})
-    with pytest.raises(ParameterError, match="unknown key"):
-        render_spark_application({**VALUES, "executors": 3})
-    with pytest.raises(ParameterError, match="method must be"):
-        render_spark_application({**VALUES, "method": "lanczos"})
+        spark_application(JOB, SETTINGS, "DSSVD_1")
+    name = application_name("Scan A/with spaces and a very long folder name indeed")
+    assert len(name) <= 40 and spark_application(JOB, SETTINGS, name)["metadata"]["name"] == name
 
 
-def test_template_lives_in_the_spark_folder():
-    assert TEMPLATE_PATH == REPO / "spark" / "sparkapplication.yaml" and TEMPLATE_PATH.exists()
+def test_the_template_ships_inside_the_package():
+    """A pip-installed package finds its template (no path into the source tree)."""
+    from importlib import resources
+
+    assert resources.files("ctdenoise.orchestration").joinpath("sparkapplication.yaml").is_file()
 
 
 def test_the_local_mode_manifest_passes_every_local_parameter_to_the_job(crd_schema):
@@ -128,14 +124,15 @@ def test_the_local_mode_manifest_passes_every_local_parameter_to_the_job(crd_sch
 
     import jsonschema
 
-    values = {**VALUES, "local_out_url": "s3://ctdenoise/work/local.zarr", "tile": 8, "stride": 4, "multipliers": [0.5, 1.0]}
-    manifest = render_spark_application(values)
+    from ctdenoise.params import LocalParams
+
+    job = JOB.model_copy(update={"local_out": "s3://ctdenoise/work/local.zarr", "local": LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0))})
+    manifest = spark_application(job, SETTINGS, NAME)
     jsonschema.validate(manifest, crd_schema)
     spec = importlib.util.spec_from_file_location("dssvd_for_args", REPO / "spark" / "dssvd.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    args = job.build_parser().parse_args(manifest["spec"]["arguments"])
-    assert (args.local_out, args.tile, args.stride, args.multipliers) == ("s3://ctdenoise/work/local.zarr", 8, 4, (0.5, 1.0))
-    assert args.shrinkage == "frobenius" and args.inplane == DEFAULTS["inplane"] == "nlm"
-    manifest = render_spark_application({**values, "inplane": "none"})
-    assert job.build_parser().parse_args(manifest["spec"]["arguments"]).inplane == "none"
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert DssvdJob.from_arguments(module.build_parser().parse_args(manifest["spec"]["arguments"])) == job
+    none = job.model_copy(update={"local": LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0), inplane="none")})
+    parsed = DssvdJob.from_arguments(module.build_parser().parse_args(spark_application(none, SETTINGS, NAME)["spec"]["arguments"]))
+    assert parsed.local.inplane == "none"

@@ -1,0 +1,468 @@
+"""Every run parameter, declared once: type, default, bounds or choices, help, and the mode using it.
+
+A parameter is one pydantic field of one of the models below, grouped by what uses it:
+
+- :class:`RankRules` (global mode): which ranks of the whole-series SVD become outputs;
+- :class:`SvdParams` (global mode): the SVD algorithm (``spark/dssvd.py``, ``ctdenoise svd``);
+- :class:`LocalParams` (local mode): the local low-rank algorithm (``spark/dssvd.py --local-out``,
+  ``ctdenoise local``);
+- :class:`RunParams`: all of them plus ``modes`` (:class:`ModeChoice`) and ``force``, what a DAG
+  run takes.
+
+Everything else is derived from these declarations: the DAG's trigger form and its JSON schema
+(:func:`param_schemas`), the command-line flags of ``ctdenoise`` and of the Spark job
+(:func:`add_arguments` / :func:`from_arguments`), the job's argument list (:func:`to_arguments`),
+the params hash and the work-layout keys (:class:`RunParams`), and the parameter table of
+``docs/configuration.md`` (:func:`markdown_table`, compared with the page by a test).
+
+Adding a parameter: one field here, plus the code that uses it.
+
+This module imports the standard library and pydantic only: the DAG file reads it at parse time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Annotated, Any, Self, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ctdenoise.errors import ParameterError
+
+
+class Mode(StrEnum):
+    """The two ways of denoising a series (see docs/local-mode.md)."""
+
+    GLOBAL = "global"
+    LOCAL = "local"
+
+
+class SvdMethod(StrEnum):
+    """How the global mode's SVD is computed (:mod:`ctdenoise.decomposition`)."""
+
+    AUTO = "auto"
+    EXACT = "exact"
+    STOCHASTIC = "stochastic"
+
+
+class Shrinkage(StrEnum):
+    """How a tile's singular values are shrunk in the local mode."""
+
+    FROBENIUS = "frobenius"
+    HARD = "hard"
+
+
+class Weights(StrEnum):
+    """How overlapping tile estimates are averaged in the local mode."""
+
+    INVERSE_RANK = "inverse_rank"
+    UNIFORM = "uniform"
+
+
+class Inplane(StrEnum):
+    """The local mode's stage after the tiles, on each slice."""
+
+    NLM = "nlm"
+    NONE = "none"
+
+
+MAX_RANK = 4096  # a CT series has at most a few thousand slices: rank <= slices
+MAX_RULE_VALUES = 32
+
+ALGORITHM = "exact-tile-spectra+slice-noise+nlm/3"
+"""The local mode's algorithm version, recorded in every local group, part of the derived series
+UIDs and of the params hash: the same parameters through a changed algorithm give other pixels,
+so they must neither reuse a series UID nor let a re-run skip a series the old one published."""
+
+# The in-plane stage's non-local means (scikit-image): patch size and search distance in pixels.
+NLM_PATCH = 5
+NLM_DISTANCE = 4
+
+
+def _unique(values: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(sorted(set(values)))
+
+
+class ParamModel(BaseModel):
+    """Frozen, strict about unknown names, JSON round trip through ``model_dump(mode="json")``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any], source: str) -> Self:
+        """``cls`` from ``values``; a one-line :class:`ParameterError` naming ``source`` otherwise."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as exc:
+            raise ParameterError(f"{source}: {validation_message(exc)}") from None
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``name: what is wrong (got value)``."""
+    parts: dict[str, str] = {}
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(x) for x in error["loc"] if not isinstance(x, int))
+        message = error["msg"].removeprefix("Value error, ")
+        given = "" if error["type"] in ("missing", "value_error") else f" (got {error['input']!r})"
+        parts.setdefault(where, f"{where}: {message}{given}" if where else message)  # the first problem of each field
+    return "; ".join(parts.values())
+
+
+M = TypeVar("M", bound=ParamModel)
+
+Rank = Annotated[int, Field(ge=1, le=MAX_RANK)]
+DropPercent = Annotated[float, Field(gt=0, lt=100)]
+Multiplier = Annotated[float, Field(gt=0, le=10)]
+
+
+class RankRules(ParamModel):
+    """Which ranks of the global SVD become outputs (see :mod:`ctdenoise.ranks`)."""
+
+    ranks: tuple[Rank, ...] = Field(
+        (),
+        title="Explicit ranks",
+        description="Ranks r to reconstruct for every series, e.g. [5, 10, 20] (each 1..4096; ranks above a "
+        "series' slice count are dropped for that series).",
+        max_length=MAX_RULE_VALUES,
+        json_schema_extra={"uniqueItems": True},
+    )
+    drop_percents: tuple[DropPercent, ...] = Field(
+        (0.1, 1.0, 5.0, 10.0, 30.0),
+        title="Drop percents (seed rule)",
+        description="The seed's rule: for each p, drop the smallest p % of the singular values of the full "
+        "spectrum (301 slices: 0.1, 1, 5, 10, 30 keep ranks 301, 298, 286, 271, 211). Each 0 < p < 100.",
+        max_length=MAX_RULE_VALUES,
+        json_schema_extra={"uniqueItems": True},
+    )
+    auto_rank: bool = Field(
+        True,
+        title="Automatic rank (Gavish-Donoho)",
+        description="Also reconstruct at the Gavish-Donoho optimal hard threshold rank.",
+    )
+    k: int = Field(
+        50,
+        ge=1,
+        le=MAX_RANK,
+        title="Singular triplets computed (k)",
+        description="Rank of the distributed SVD (raised to the largest explicit rank, capped at the slice count).",
+    )
+
+    @field_validator("ranks", "drop_percents")
+    @classmethod
+    def _sorted_rules(cls, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        return _unique(values)
+
+    @property
+    def svd_rank(self) -> int:
+        """The SVD rank asked of every series: ``k``, raised to the largest explicit rank."""
+        return max(self.k, *self.ranks) if self.ranks else self.k
+
+
+class SvdParams(ParamModel):
+    """The global mode's SVD (Halko-Martinsson-Tropp, or exact through the Gram matrix)."""
+
+    method: SvdMethod = Field(
+        SvdMethod.AUTO,
+        title="SVD method",
+        description="auto: exact (one Gram pass, the full spectrum) up to 4096 slices, else stochastic; "
+        "exact; stochastic (Halko et al., Mahout's dssvd).",
+    )
+    oversample: int = Field(
+        15,
+        ge=0,
+        le=512,
+        title="Oversampling",
+        description="Extra random test vectors of the stochastic SVD (Halko et al.: 5-20 is typical).",
+    )
+    power_iters: int = Field(
+        2,
+        ge=0,
+        le=10,
+        title="Power iterations",
+        description="Subspace iterations of the stochastic SVD (sharpen slowly decaying spectra).",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        title="Random seed",
+        description="Seed of the random test matrix: the same seed gives the same SVD.",
+    )
+
+
+class LocalParams(ParamModel):
+    """The local mode: tiles through all slices, each shrunk on its own, then the in-plane stage."""
+
+    tile: int = Field(12, ge=2, le=64, title="Local mode: tile size (pixels)",
+                      description="Tiles of tile x tile pixels followed through all slices.")  # fmt: skip
+    stride: int = Field(
+        6,
+        ge=1,
+        le=64,
+        title="Local mode: tile stride (pixels)",
+        description="Distance between tile starts (at most the tile size; smaller = more overlap, slower).",
+    )
+    multipliers: tuple[Multiplier, ...] = Field(
+        (0.5, 0.75, 1.0),
+        min_length=1,
+        max_length=MAX_RULE_VALUES,
+        title="Local mode: threshold multipliers",
+        description="One output per multiplier of the tiles' optimal threshold (lower keeps more; with the "
+        "in-plane stage 0.5 is the automatic one, without it 1).",
+        json_schema_extra={"uniqueItems": True},
+    )
+    shrinkage: Shrinkage = Field(
+        Shrinkage.FROBENIUS,
+        title="Local mode: shrinkage",
+        description="frobenius: optimal singular value shrinkage for Frobenius loss; hard: the Gavish-Donoho hard threshold.",
+    )
+    weights: Weights = Field(
+        Weights.INVERSE_RANK,
+        title="Local mode: tile weights",
+        description="inverse_rank: overlapping tiles count 1 / (1 + components kept); uniform: all alike.",
+    )
+    inplane: Inplane = Field(
+        Inplane.NLM,
+        title="Local mode: in-plane stage",
+        description="nlm: non-local means on each slice of the tile estimate (automatic strength); none: the tiles alone.",
+    )
+    inplane_strength: float = Field(
+        1.2,
+        gt=0,
+        le=10,
+        title="Local mode: in-plane strength",
+        description="Strength h of the non-local means, in units of the noise measured on the tile estimate.",
+    )
+
+    @field_validator("multipliers")
+    @classmethod
+    def _sorted_multipliers(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        return _unique(values)
+
+    @model_validator(mode="after")
+    def _stride_within_tile(self) -> Self:
+        if self.stride > self.tile:
+            raise ValueError(f"stride must be between 1 and the tile size {self.tile}, got {self.stride}")
+        return self
+
+    @property
+    def automatic_multiplier(self) -> float:
+        """The multiplier whose output is the automatic result (the report marks it): the tiles'
+        optimum alone, half of it before the in-plane stage (see docs/local-mode.md)."""
+        return 0.5 if self.inplane == Inplane.NLM else 1.0
+
+    @property
+    def inplane_halo(self) -> int:
+        """Image rows the in-plane stage reads beyond a band on each side (0 without it): its
+        output at a pixel depends on the pixels within ``NLM_DISTANCE + NLM_PATCH // 2``, so a
+        band denoised with this many extra rows equals the whole slice's result on its rows."""
+        return NLM_DISTANCE + NLM_PATCH // 2 if self.inplane == Inplane.NLM else 0
+
+    def key(self) -> str:
+        """Name of this setting in the work layout: ``t<tile>-s<stride>-<shrinkage>-m<...>[-<inplane>]``
+        (deterministic: no seed; no suffix for the tiles alone; only the settings that changed
+        from the first version's defaults are named beyond that)."""
+        mults = "_".join(f"{m:g}" for m in self.multipliers)
+        suffix = "" if self.inplane == Inplane.NONE else f"-{self.inplane.value}"
+        extra = "".join(
+            f"-{name}{value}" for name, value, default in
+            (("w", self.weights.value, Weights.INVERSE_RANK.value), ("h", f"{self.inplane_strength:g}", "1.2"))
+            if value != default
+        )  # fmt: skip
+        return f"t{self.tile}-s{self.stride}-{self.shrinkage.value}-m{mults}{suffix}{extra}"
+
+
+def multiplier_label(multiplier: float) -> str:
+    """``x1``, ``x0.5``: how a multiplier appears in output folder names and task labels."""
+    return f"x{float(multiplier):g}"
+
+
+class ModeChoice(ParamModel):
+    """Which modes a run computes."""
+
+    modes: tuple[Mode, ...] = Field(
+        (Mode.GLOBAL, Mode.LOCAL),
+        min_length=1,
+        title="Modes",
+        description="global: truncated SVD of the whole series at the chosen ranks (the seed's pipeline); local: "
+        "local low-rank denoising (small tiles through all slices, each shrunk on its own) at each "
+        "threshold multiplier. Both by default, so the report compares them.",
+        json_schema_extra={"uniqueItems": True},
+    )
+
+    @field_validator("modes")
+    @classmethod
+    def _modes_in_order(cls, modes: tuple[Mode, ...]) -> tuple[Mode, ...]:
+        return tuple(m for m in Mode if m in modes)
+
+
+class RunParams(LocalParams, SvdParams, RankRules, ModeChoice):
+    """What one DAG run takes (the trigger form): the modes, every parameter above, and ``force``."""
+
+    force: bool = Field(
+        False,
+        title="Force",
+        description="Process series even if they were already published with the same parameters.",
+    )
+
+    @model_validator(mode="after")
+    def _a_rank_rule(self) -> Self:
+        if Mode.GLOBAL in self.modes and not (self.ranks or self.drop_percents or self.auto_rank):
+            raise ValueError("no rank rule selected: give explicit ranks, drop_percents, or set auto_rank (Gavish-Donoho)")
+        return self
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any] | None) -> Self:
+        """A run's parameters from its params (Airflow has validated each field's schema; the
+        cross-field rules are checked here), unknown keys ignored."""
+        known = {k: v for k, v in dict(conf or {}).items() if k in cls.model_fields}
+        return cls.parse(known, "ct_denoise params")
+
+    @property
+    def local(self) -> LocalParams | None:
+        return _subset(self, LocalParams) if Mode.LOCAL in self.modes else None
+
+    @property
+    def svd(self) -> SvdParams | None:
+        return _subset(self, SvdParams) if Mode.GLOBAL in self.modes else None
+
+    def params_hash(self) -> str:
+        """A short stable hash of what changes results (everything but ``force``; the local
+        algorithm's version when the local mode runs): ``report.json`` records it."""
+        values = self.model_dump(mode="json", exclude={"force"})
+        if Mode.LOCAL in self.modes:
+            values["local_algorithm"] = ALGORITHM
+        canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def svd_key(self, svd_rank: int | None = None) -> str:
+        """Name of an SVD parameter set in the work layout: ``k<k>-o<o>-q<q>-s<seed>[-<method>]``."""
+        k = self.svd_rank if svd_rank is None else svd_rank
+        method = "" if self.method == SvdMethod.AUTO else f"-{self.method.value}"
+        return f"k{k}-o{self.oversample}-q{self.power_iters}-s{self.seed}{method}"
+
+
+def _subset(params: ParamModel, model: type[M]) -> M:
+    return model.model_validate(params.model_dump(include=set(model.model_fields)))
+
+
+FAST = LocalParams(tile=8, stride=8, multipliers=(1.0,), inplane=Inplane.NONE)
+"""The fastest local setting the benchmarks measure (docs/benchmarks.md): 8 x 8 pixel tiles
+without overlap, one output (x1), no in-plane stage."""
+
+BENCH_SETTINGS = {"default": LocalParams(), "tiles": LocalParams(inplane=Inplane.NONE), "fast": FAST}
+"""The local settings both benchmarks compare, by name."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived: JSON schemas (the trigger form), command-line flags, argument lists, docs
+
+
+def param_schemas(model: type[ParamModel] = RunParams) -> dict[str, dict[str, Any]]:
+    """``{name: JSON schema}`` of each field, self-contained (no ``$ref``), with its ``default``,
+    ``title`` and ``description``: what an Airflow ``Param`` takes."""
+    schema = model.model_json_schema(mode="serialization")
+    defs = schema.get("$defs", {})
+    return {name: _inline(prop, defs) for name, prop in schema["properties"].items()}
+
+
+def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = dict(defs[node["$ref"].rsplit("/", 1)[-1]])
+            target.pop("title", None)
+            target.pop("description", None)
+            return _inline({**target, **{k: v for k, v in node.items() if k != "$ref"}}, defs)
+        return {k: _inline(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_kind(annotation: Any) -> tuple[str, Any]:
+    """``(kind, item type)``: ``list``, ``enum``, ``bool`` or ``scalar``."""
+    if get_origin(annotation) is tuple:
+        item = get_args(annotation)[0]
+        return "list", (get_args(item)[0] if get_origin(item) is Annotated else item)
+    if isinstance(annotation, type) and issubclass(annotation, StrEnum):
+        return "enum", annotation
+    if annotation is bool:
+        return "bool", bool
+    return "scalar", annotation
+
+
+def _comma_list(item: type) -> Any:
+    def parse(text: str) -> list[Any]:
+        try:
+            return [item(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {item.__name__} values, got {text!r}") from None
+
+    parse.__name__ = f"comma-separated {item.__name__}"
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser, model: type[ParamModel], exclude: Iterable[str] = ()) -> None:
+    """One flag per field of ``model`` (``--power-iters``), typed and documented from the field;
+    unset flags stay None so that :func:`from_arguments` takes the model's defaults."""
+    for name, info in model.model_fields.items():
+        if name in exclude:
+            continue
+        kind, item = _field_kind(info.annotation)
+        default = info.default.value if isinstance(info.default, StrEnum) else info.default
+        if kind == "list":
+            default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+        help_text = f"{info.description} (default: {default})"
+        options: dict[str, Any] = {"default": None, "help": help_text.replace("%", "%%")}
+        if kind == "list":
+            options["type"] = _comma_list(item)
+        elif kind == "enum":
+            options["choices"] = [m.value for m in item]
+        elif kind == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = item
+        parser.add_argument(flag(name), dest=name, **options)
+
+
+def from_arguments(model: type[M], args: argparse.Namespace, source: str) -> M:
+    """The model from the flags of :func:`add_arguments` (unset ones take their defaults)."""
+    given = {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
+    return model.parse(given, source)
+
+
+def to_arguments(params: ParamModel) -> list[str]:
+    """The flags that give ``params`` back through :func:`add_arguments` (every field, explicitly,
+    so a job never depends on defaults that may differ between the images)."""
+    out: list[str] = []
+    for name, value in params.model_dump(mode="json").items():
+        kind, _ = _field_kind(type(params).model_fields[name].annotation)
+        if kind == "bool":
+            out.append(flag(name) if value else flag("no_" + name))
+        elif kind == "list":
+            out += [flag(name), ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
+        else:
+            out += [flag(name), str(value)]
+    return out
+
+
+def markdown_table(model: type[ParamModel] = RunParams) -> str:
+    """The parameter table of docs/configuration.md: name, default, mode, meaning."""
+    groups = {name: "both" for name in ("modes", "force")}
+    for group, label in ((RankRules, "global"), (SvdParams, "global"), (LocalParams, "local")):
+        groups.update({name: label for name in group.model_fields})
+    lines = ["| param | default | mode | meaning |", "|---|---|---|---|"]
+    for name, schema in param_schemas(model).items():
+        lines.append(f"| `{name}` | `{json.dumps(schema.get('default'))}` | {groups[name]} | {schema['description']} |")
+    return "\n".join(lines) + "\n"
