@@ -39,12 +39,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ctdenoise import __version__, matrix_store, storage
 from ctdenoise.errors import InputError, ParameterError
+
+if TYPE_CHECKING:
+    from ctdenoise.geometry import SliceGeometry
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +195,9 @@ def _derived_template(source: SourceSeries, denoised: "Denoised"):
     return template
 
 
-def _geometry(source: SourceSeries, j: int):
+def _geometry(source: SourceSeries, j: int) -> SliceGeometry:
     """Per-column geometry from the matrix attributes (the source's own values, in mm)."""
-    from ctdenoise.dicom_out import SliceGeometry
+    from ctdenoise.geometry import SliceGeometry
 
     attrs = source.attrs
     positions = attrs.get("slice_positions") or []
@@ -207,12 +210,15 @@ def _geometry(source: SourceSeries, j: int):
     spacing = attrs.get("pixel_spacing") or (1.0, 1.0)
     thickness = attrs.get("slice_thickness")
     return SliceGeometry(
-        image_position_patient=[float(v) for v in ipp],
-        image_orientation_patient=[float(v) for v in iop],
-        pixel_spacing=[float(v) for v in spacing],
-        slice_thickness=None if thickness is None else float(thickness),
+        image_position=tuple(float(v) for v in ipp),
+        image_orientation=tuple(float(v) for v in iop),
+        pixel_spacing=tuple(float(v) for v in spacing),
         slice_location=location,
         instance_number=j + 1,
+        slice_thickness=None if thickness is None else float(thickness),
+        rows=source.rows,
+        columns=source.columns,
+        file=f"{source.url} column {j}",
     )
 
 
