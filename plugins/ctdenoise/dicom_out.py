@@ -30,58 +30,9 @@ from pydicom.valuerep import format_number_as_ds
 from ctdenoise import __version__
 from ctdenoise.errors import ParameterError
 from ctdenoise.geometry import SliceGeometry
+from ctdenoise.instance_keywords import NOT_INHERITED_KEYWORDS, PER_INSTANCE_KEYWORDS
 
 IMPLEMENTATION_VERSION_NAME = f"CTDENOISE_{__version__}"[:16]
-
-# Attributes a header template must not carry into a new instance: they describe one source
-# instance (position, identity, pixel values or their encoding, references to other
-# instances) and are set again by build_ct_dataset or by the caller.
-PER_INSTANCE_KEYWORDS: tuple[str, ...] = (
-    "SOPInstanceUID",
-    "SOPClassUID",
-    "InstanceNumber",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
-    "SliceThickness",
-    "SliceLocation",
-    "SpacingBetweenSlices",
-    "InstanceCreationDate",
-    "InstanceCreationTime",
-    "InstanceCreatorUID",
-    "ImageComments",
-    "ImageType",
-    "DerivationDescription",
-    "DerivationCodeSequence",
-    "SourceImageSequence",
-    "ReferencedImageSequence",
-    "ReferencedSeriesSequence",
-    "ReferencedInstanceSequence",
-    "IconImageSequence",
-    "Rows",
-    "Columns",
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "PlanarConfiguration",
-    "NumberOfFrames",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "RescaleType",
-    "ModalityLUTSequence",
-    "VOILUTSequence",
-    "SmallestImagePixelValue",
-    "LargestImagePixelValue",
-    "PixelPaddingValue",
-    "PixelPaddingRangeLimit",
-    "PixelData",
-    "FloatPixelData",
-    "DoubleFloatPixelData",
-    "DataSetTrailingPadding",
-)
 
 
 @dataclass(frozen=True)
@@ -179,14 +130,14 @@ def ds_value(x: float) -> str:
 def header_template(header: Dataset | Mapping[str, Any]) -> Dataset:
     """A header template from a source header (Dataset or DICOM JSON, e.g. ``attrs['header']``).
 
-    Per-instance, pixel-encoding and reference attributes (:data:`PER_INSTANCE_KEYWORDS`) and
-    private elements are removed: a derived object must not repeat the source's pixel encoding
-    or vendor-private descriptions of the source's pixels. What remains are the patient,
-    study, series, equipment and acquisition attributes.
+    Per-instance attributes, the source's pixel encoding, geometry and references
+    (:mod:`ctdenoise.instance_keywords`) and private elements are removed: a derived object must
+    not repeat the source's pixel encoding or vendor-private descriptions of the source's
+    pixels. What remains are the patient, study, series, equipment and acquisition attributes.
     """
     ds = Dataset.from_json(dict(header)) if isinstance(header, Mapping) else copy.deepcopy(header)
     ds.remove_private_tags()
-    for keyword in PER_INSTANCE_KEYWORDS:
+    for keyword in (*PER_INSTANCE_KEYWORDS, *NOT_INHERITED_KEYWORDS):
         if keyword in ds:
             delattr(ds, keyword)
     return ds
