@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from ctdenoise import dicom_out
 from ctdenoise.errors import ParameterError
+from ctdenoise.geometry import SliceGeometry
 from ctdenoise.uids import derive_uid
 from writer_fixtures import DCIODVFY, DCIODVFY_MISSING, dciodvfy_errors
 
@@ -59,6 +61,18 @@ def test_header_template_drops_instance_and_private_attributes() -> None:
     assert from_json.PatientID == source.PatientID and "PixelData" not in from_json
 
 
+GEOMETRY = SliceGeometry(
+    image_position=(-10.0, -10.0, 2.5),
+    image_orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    pixel_spacing=(0.5, 0.5),
+    slice_location=2.5,
+    instance_number=7,
+    slice_thickness=1.25,
+    rows=40,
+    columns=30,
+)
+
+
 def _dataset(tmp_path: Path) -> Path:
     template = Dataset()
     for keyword, value in {
@@ -70,7 +84,7 @@ def _dataset(tmp_path: Path) -> Path:
         "KVP": "120", "AcquisitionNumber": 1, "BodyPartExamined": "CHEST",
     }.items():
         setattr(template, keyword, value)
-    geometry = dicom_out.SliceGeometry((-10.0, -10.0, 2.5), (1, 0, 0, 0, 1, 0), (0.5, 0.5), 1.25, 2.5, 7)
+    geometry = GEOMETRY
     fmt = dicom_out.PixelFormat()
     hu = np.arange(-1100, -1100 + 40 * 30, dtype=np.float64).reshape(40, 30)
     ds = dicom_out.build_ct_dataset(template, dicom_out.hu_to_stored(hu, fmt), geometry, derive_uid("sop"), fmt)
@@ -91,6 +105,28 @@ def test_build_ct_dataset_round_trip(tmp_path: Path) -> None:
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     expected = np.clip(np.arange(-1100, -1100 + 1200).reshape(40, 30), -1024, 3071)
     assert np.array_equal(hu, expected)
+
+
+def test_written_geometry_reads_back_the_same(tmp_path: Path) -> None:
+    """The writer and the reader share one SliceGeometry: what is written is what is read."""
+    path = _dataset(tmp_path)
+    assert SliceGeometry.from_dataset(pydicom.dcmread(path), str(path)) == dataclasses.replace(GEOMETRY, file=str(path))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"image_position": None}, "without ImagePositionPatient"),
+        ({"pixel_spacing": None, "instance_number": None}, "without PixelSpacing, InstanceNumber"),
+        ({"rows": 41}, "Rows 41 .* 40"),
+    ],
+)
+def test_geometry_a_ct_slice_cannot_be_written_with(change: dict, match: str) -> None:
+    fmt = dicom_out.PixelFormat()
+    with pytest.raises(ParameterError, match=match):
+        dicom_out.build_ct_dataset(
+            Dataset(), np.zeros((40, 30), fmt.dtype), dataclasses.replace(GEOMETRY, **change), derive_uid("sop"), fmt
+        )
 
 
 @pytest.mark.skipif(DCIODVFY is None, reason=DCIODVFY_MISSING)

@@ -198,3 +198,4 @@ def test_from_dataset_treats_malformed_values_as_missing() -> None:
     assert g.image_position is None
     assert g.image_orientation == AXIAL
     assert g.slice_location == 12.5 and g.instance_number is None and g.pixel_spacing is None
+    assert g.slice_thickness is None and (g.rows, g.columns, g.file) == (4, 4, "x.dcm")

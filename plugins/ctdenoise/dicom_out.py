@@ -17,7 +17,7 @@ Nothing here reads the clock or a random source: the same inputs give byte-ident
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,58 +29,10 @@ from pydicom.valuerep import format_number_as_ds
 
 from ctdenoise import __version__
 from ctdenoise.errors import ParameterError
+from ctdenoise.geometry import SliceGeometry
+from ctdenoise.instance_keywords import NOT_INHERITED_KEYWORDS, PER_INSTANCE_KEYWORDS
 
 IMPLEMENTATION_VERSION_NAME = f"CTDENOISE_{__version__}"[:16]
-
-# Attributes a header template must not carry into a new instance: they describe one source
-# instance (position, identity, pixel values or their encoding, references to other
-# instances) and are set again by build_ct_dataset or by the caller.
-PER_INSTANCE_KEYWORDS: tuple[str, ...] = (
-    "SOPInstanceUID",
-    "SOPClassUID",
-    "InstanceNumber",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
-    "SliceThickness",
-    "SliceLocation",
-    "SpacingBetweenSlices",
-    "InstanceCreationDate",
-    "InstanceCreationTime",
-    "InstanceCreatorUID",
-    "ImageComments",
-    "ImageType",
-    "DerivationDescription",
-    "DerivationCodeSequence",
-    "SourceImageSequence",
-    "ReferencedImageSequence",
-    "ReferencedSeriesSequence",
-    "ReferencedInstanceSequence",
-    "IconImageSequence",
-    "Rows",
-    "Columns",
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "PlanarConfiguration",
-    "NumberOfFrames",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "RescaleType",
-    "ModalityLUTSequence",
-    "VOILUTSequence",
-    "SmallestImagePixelValue",
-    "LargestImagePixelValue",
-    "PixelPaddingValue",
-    "PixelPaddingRangeLimit",
-    "PixelData",
-    "FloatPixelData",
-    "DoubleFloatPixelData",
-    "DataSetTrailingPadding",
-)
 
 
 @dataclass(frozen=True)
@@ -153,18 +105,6 @@ class PixelFormat:
         )
 
 
-@dataclass(frozen=True)
-class SliceGeometry:
-    """Where one slice lies in the patient coordinate system (mm), and its number."""
-
-    image_position_patient: Sequence[float]
-    image_orientation_patient: Sequence[float]
-    pixel_spacing: Sequence[float]  # row spacing, column spacing (mm)
-    slice_thickness: float | None
-    slice_location: float | None
-    instance_number: int
-
-
 def hu_to_stored(hu: np.ndarray, fmt: PixelFormat) -> np.ndarray:
     """Stored values for HU: ``round((HU - intercept) / slope)``, clipped to the stored range.
 
@@ -190,14 +130,14 @@ def ds_value(x: float) -> str:
 def header_template(header: Dataset | Mapping[str, Any]) -> Dataset:
     """A header template from a source header (Dataset or DICOM JSON, e.g. ``attrs['header']``).
 
-    Per-instance, pixel-encoding and reference attributes (:data:`PER_INSTANCE_KEYWORDS`) and
-    private elements are removed: a derived object must not repeat the source's pixel encoding
-    or vendor-private descriptions of the source's pixels. What remains are the patient,
-    study, series, equipment and acquisition attributes.
+    Per-instance attributes, the source's pixel encoding, geometry and references
+    (:mod:`ctdenoise.instance_keywords`) and private elements are removed: a derived object must
+    not repeat the source's pixel encoding or vendor-private descriptions of the source's
+    pixels. What remains are the patient, study, series, equipment and acquisition attributes.
     """
     ds = Dataset.from_json(dict(header)) if isinstance(header, Mapping) else copy.deepcopy(header)
     ds.remove_private_tags()
-    for keyword in PER_INSTANCE_KEYWORDS:
+    for keyword in (*PER_INSTANCE_KEYWORDS, *NOT_INHERITED_KEYWORDS):
         if keyword in ds:
             delattr(ds, keyword)
     return ds
@@ -213,13 +153,15 @@ def build_ct_dataset(
     """A complete CT Image Storage instance (file meta, Explicit VR Little Endian).
 
     ``template`` holds the patient/study/series/equipment attributes (it is copied, not
-    changed); ``stored`` is a 2-D array of stored values in ``fmt`` (see :func:`hu_to_stored`).
+    changed); ``stored`` is a 2-D array of stored values in ``fmt`` (see :func:`hu_to_stored`);
+    ``geometry`` must hold what the CT Image IOD requires (:class:`ParameterError` otherwise).
     The caller adds attributes that are specific to its kind of object (e.g.
     SourceImageSequence) before saving.
     """
     stored = np.asarray(stored)
     if stored.ndim != 2:
         raise ParameterError(f"a CT slice must be 2-D, got shape {stored.shape}")
+    _check_writable(geometry, stored.shape)
     lo, hi = fmt.stored_range
     if stored.dtype != fmt.dtype:
         if stored.size and (stored.min() < lo or stored.max() > hi):
@@ -232,8 +174,8 @@ def build_ct_dataset(
     ds.Modality = "CT"
 
     ds.InstanceNumber = int(geometry.instance_number)
-    ds.ImagePositionPatient = [ds_value(v) for v in geometry.image_position_patient]
-    ds.ImageOrientationPatient = [ds_value(v) for v in geometry.image_orientation_patient]
+    ds.ImagePositionPatient = [ds_value(v) for v in geometry.image_position]
+    ds.ImageOrientationPatient = [ds_value(v) for v in geometry.image_orientation]
     ds.PixelSpacing = [ds_value(v) for v in geometry.pixel_spacing]
     ds.SliceThickness = None if geometry.slice_thickness is None else ds_value(geometry.slice_thickness)
     if geometry.slice_location is not None:
@@ -259,6 +201,27 @@ def build_ct_dataset(
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     out = FileDataset("", ds, file_meta=meta, preamble=b"\0" * 128)
     return out
+
+
+def _check_writable(geometry: SliceGeometry, shape: tuple[int, ...]) -> None:
+    """Refuse geometry a CT instance cannot be written with, before anything is built.
+
+    The CT Image IOD requires position, orientation, spacing and instance number (read-side
+    geometry may lack them), and a size given with the geometry must be the pixels' size.
+    """
+    required = {
+        "ImagePositionPatient": geometry.image_position,
+        "ImageOrientationPatient": geometry.image_orientation,
+        "PixelSpacing": geometry.pixel_spacing,
+        "InstanceNumber": geometry.instance_number,
+    }
+    missing = [keyword for keyword, value in required.items() if value is None]
+    if missing:
+        where = f"{geometry.file}: " if geometry.file else ""
+        raise ParameterError(f"{where}cannot write a CT slice without {', '.join(missing)}")
+    for keyword, value, size in (("Rows", geometry.rows, shape[0]), ("Columns", geometry.columns, shape[1])):
+        if value is not None and value != size:
+            raise ParameterError(f"{keyword} {value} of the slice geometry differs from the pixel array's {size}")
 
 
 def save(ds: FileDataset, path: str | Path) -> Path:

@@ -35,6 +35,7 @@ from pydicom.uid import UID
 from ctdenoise import storage
 from ctdenoise.errors import InputError
 from ctdenoise.geometry import SeriesInputError, SliceGeometry
+from ctdenoise.instance_keywords import PER_INSTANCE_KEYWORDS
 from ctdenoise.records import Skipped
 
 log = logging.getLogger(__name__)
@@ -50,17 +51,6 @@ IGNORED_NAMES = {storage.SUCCESS_MARKER}  # our own commit markers: not input, n
 # A data set without preamble starts with a group 0x0002 or 0x0008 tag (little or big endian).
 RAW_DATASET_STARTS = {b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"}
 HEADER_BLOCK_SIZE = 2**18  # bytes fetched per remote read while parsing headers
-
-# Attributes that differ per slice: not part of the series header template.
-PER_INSTANCE_KEYWORDS = (
-    "SOPInstanceUID",
-    "InstanceNumber",
-    "ImagePositionPatient",
-    "SliceLocation",
-    "SmallestImagePixelValue",
-    "LargestImagePixelValue",
-    "IconImageSequence",
-)
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}  # binary values: never copied into JSON attributes
 
 
@@ -256,7 +246,10 @@ def read_hu(header: SliceHeader, storage_options: Mapping[str, Any] | None = Non
 
 def header_json(ds: Dataset) -> dict[str, Any]:
     """DICOM JSON of a slice header as a series template: no pixel data, per-instance values,
-    private tags or binary (bulk) values, so that it stays small and JSON serializable."""
+    private tags or binary (bulk) values, so that it stays small and JSON serializable.
+
+    The source's encoding and geometry stay: this is the record of the source series (see
+    :mod:`ctdenoise.instance_keywords` for what a derived instance leaves out in addition)."""
     out = _filtered(ds).to_json_dict(suppress_invalid_tags=True)
     json.dumps(out)  # fail here, loudly, rather than in the Zarr writer
     return out

@@ -1,4 +1,7 @@
-"""Slice geometry: the one rule that orders the slices of a series, and the checks before it.
+"""Slice geometry, held once: what locates a slice, the rule that orders a series, the checks.
+
+:class:`SliceGeometry` is the one record of a slice's geometry, whether read from a source
+header or written into a new instance (:mod:`ctdenoise.dicom_out`), so both sides share names.
 
 Every caller that turns a set of CT slices into a volume (``convert``, tests, the writer's
 checks) orders them with :func:`order_slices`:
@@ -50,32 +53,57 @@ class SeriesInputError(InputError):
 
 @dataclass(frozen=True)
 class SliceGeometry:
-    """The geometry attributes of one slice, as parsed from its header (None when absent/invalid).
+    """Where one slice lies in the patient coordinate system, its size and its number.
 
-    ``file`` is only used in messages.
+    One record, with one set of names, for both directions: :meth:`from_dataset` parses it from
+    a source header for :func:`check_consistency` and :func:`order_slices`, and
+    :func:`ctdenoise.dicom_out.build_ct_dataset` writes it into a new instance (phantom or
+    derived slice). Read from a header, any attribute may be absent or malformed (None) and
+    ordering falls back; writing needs position, orientation, spacing and instance number.
+
+    Parameters
+    ----------
+    image_position
+        ImagePositionPatient (0020,0032): centre of the first pixel, mm.
+    image_orientation
+        ImageOrientationPatient (0020,0037): row, then column direction cosines.
+    pixel_spacing
+        PixelSpacing (0028,0030): row spacing, column spacing, mm.
+    slice_location
+        SliceLocation (0020,1041), mm.
+    instance_number
+        InstanceNumber (0020,0013).
+    slice_thickness
+        SliceThickness (0018,0050), mm.
+    rows, columns
+        Rows (0028,0010) and Columns (0028,0011): the slice's size in pixels.
+    file
+        Where the slice was read from; only used in messages.
     """
 
-    file: str
-    rows: int | None
-    columns: int | None
-    image_position: tuple[float, float, float] | None  # ImagePositionPatient, mm
-    image_orientation: tuple[float, float, float, float, float, float] | None  # direction cosines
-    pixel_spacing: tuple[float, float] | None  # row spacing, column spacing (mm)
-    slice_location: float | None  # mm
-    instance_number: int | None
+    image_position: tuple[float, float, float] | None
+    image_orientation: tuple[float, float, float, float, float, float] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_location: float | None = None
+    instance_number: int | None = None
+    slice_thickness: float | None = None
+    rows: int | None = None
+    columns: int | None = None
+    file: str = ""
 
     @classmethod
     def from_dataset(cls, ds: Any, file: str) -> SliceGeometry:
         """Parse a pydicom Dataset; malformed values count as absent (and fall back later)."""
         return cls(
-            file=file,
-            rows=_int(ds.get("Rows")),
-            columns=_int(ds.get("Columns")),
             image_position=_floats(ds.get("ImagePositionPatient"), 3),
             image_orientation=_floats(ds.get("ImageOrientationPatient"), 6),
             pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
             slice_location=_float(ds.get("SliceLocation")),
             instance_number=_int(ds.get("InstanceNumber")),
+            slice_thickness=_float(ds.get("SliceThickness")),
+            rows=_int(ds.get("Rows")),
+            columns=_int(ds.get("Columns")),
+            file=file,
         )
 
 

@@ -423,18 +423,21 @@ class _SeriesWriter:
 
     def write(self, index: int, hu: np.ndarray) -> None:
         from ctdenoise import dicom_out
+        from ctdenoise.geometry import SliceGeometry
         from ctdenoise.uids import derive_uid
 
         ps = pixel_spacing_mm(self.size)
         corner = -(self.size // 2) * ps  # centre of pixel (0, 0): the isocentre is pixel size//2
         z = float(self.positions[index])
-        geometry = dicom_out.SliceGeometry(
-            image_position_patient=(corner, corner, z),
-            image_orientation_patient=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+        geometry = SliceGeometry(
+            image_position=(corner, corner, z),
+            image_orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
             pixel_spacing=(ps, ps),
-            slice_thickness=self.thickness,
             slice_location=z,
             instance_number=index + 1,
+            slice_thickness=self.thickness,
+            rows=self.size,
+            columns=self.size,
         )
         uid = derive_uid(self.series_uid, "instance", index)
         ds = dicom_out.build_ct_dataset(self.template, dicom_out.hu_to_stored(hu, self.fmt), geometry, uid, self.fmt)

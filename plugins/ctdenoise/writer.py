@@ -39,12 +39,19 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ctdenoise import __version__, matrix_store, storage
 from ctdenoise.errors import InputError, ParameterError
+
+if TYPE_CHECKING:
+    import zarr
+
+    from ctdenoise.dicom_out import PixelFormat
+    from ctdenoise.geometry import SliceGeometry
+    from ctdenoise.metrics import SquaredErrorSum
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +199,9 @@ def _derived_template(source: SourceSeries, denoised: "Denoised"):
     return template
 
 
-def _geometry(source: SourceSeries, j: int):
+def _geometry(source: SourceSeries, j: int) -> SliceGeometry:
     """Per-column geometry from the matrix attributes (the source's own values, in mm)."""
-    from ctdenoise.dicom_out import SliceGeometry
+    from ctdenoise.geometry import SliceGeometry
 
     attrs = source.attrs
     positions = attrs.get("slice_positions") or []
@@ -207,12 +214,15 @@ def _geometry(source: SourceSeries, j: int):
     spacing = attrs.get("pixel_spacing") or (1.0, 1.0)
     thickness = attrs.get("slice_thickness")
     return SliceGeometry(
-        image_position_patient=[float(v) for v in ipp],
-        image_orientation_patient=[float(v) for v in iop],
-        pixel_spacing=[float(v) for v in spacing],
-        slice_thickness=None if thickness is None else float(thickness),
+        image_position=tuple(float(v) for v in ipp),
+        image_orientation=tuple(float(v) for v in iop),
+        pixel_spacing=tuple(float(v) for v in spacing),
         slice_location=location,
         instance_number=j + 1,
+        slice_thickness=None if thickness is None else float(thickness),
+        rows=source.rows,
+        columns=source.columns,
+        file=f"{source.url} column {j}",
     )
 
 
@@ -403,113 +413,241 @@ def reconstruct(
     Raises :class:`ParameterError` for a rank outside 1..k or a multiplier not computed, and
     :class:`InputError` when the matrix, the decomposition and the reference do not fit together.
     """
-    from ctdenoise import dicom_out
-    from ctdenoise.metrics import SquaredErrorSum, finite_or_none, noise_std_hu, ssim
-    from ctdenoise.preview import write_preview
-    from ctdenoise.uids import derive_uid
-
     started = time.perf_counter()
     matrix = matrix_store.open_matrix(matrix_url, storage_options)
     source = SourceSeries.from_matrix(matrix_url, matrix.shape, dict(matrix.attrs))
+    denoised = _denoised_source(source, svd_url, rank, multiplier, storage_options)
+    reference = _open_reference(reference_url, matrix, matrix_url, storage_options)
+    fmt = _pixel_format(source)
+    volume = _denoise_blocks(matrix, matrix_url, denoised, fmt, reference)
+    images = SampleImages.of(volume, source, fmt)
+    metrics = _metrics(dest_url, source, denoised, volume, images, reference_url)
+    _publish(dest_url, source, denoised, volume, fmt, images, metrics, started, storage_options)
+    log.info("%s of %s -> %s (%.1f s)", denoised.label, source.series_instance_uid, dest_url, metrics["seconds"])
+    return metrics
+
+
+def _denoised_source(
+    source: SourceSeries, url: str, rank: Any, multiplier: Any, storage_options: Mapping[str, Any] | None
+) -> Denoised:
+    """The mode follows from which of ``rank`` and ``multiplier`` is given: exactly one must be,
+    since ``url`` is either an SVD group (global) or a local low-rank group (local)."""
     if (rank is None) == (multiplier is None):
-        raise ParameterError(f"{svd_url}: give a rank (global mode) or a multiplier (local mode), not {'both' if rank is not None else 'neither'}")
+        raise ParameterError(f"{url}: give a rank (global mode) or a multiplier (local mode), not {'both' if rank is not None else 'neither'}")
     if multiplier is None:
-        denoised: Denoised = GlobalRank(source, svd_url, rank, storage_options)
-    else:
-        denoised = LocalMultiplier(source, svd_url, multiplier, storage_options)
-    reference = None
-    if reference_url:
-        reference = matrix_store.open_matrix(reference_url, storage_options)
-        if reference.shape != matrix.shape:
-            raise InputError(
-                f"{reference_url}: reference matrix shape {reference.shape} differs from {matrix_url} {matrix.shape}"
-            )
+        return GlobalRank(source, url, rank, storage_options)
+    return LocalMultiplier(source, url, multiplier, storage_options)
+
+
+def _open_reference(
+    reference_url: str | None, matrix: zarr.Array, matrix_url: str, storage_options: Mapping[str, Any] | None
+) -> zarr.Array | None:
+    """The reference matrix, or None; it is compared voxel for voxel, so its shape must match."""
+    if not reference_url:
+        return None
+    reference = matrix_store.open_matrix(reference_url, storage_options)
+    if reference.shape != matrix.shape:
+        raise InputError(
+            f"{reference_url}: reference matrix shape {reference.shape} differs from {matrix_url} {matrix.shape}"
+        )
+    return reference
+
+
+def _pixel_format(source: SourceSeries) -> PixelFormat:
+    """The source's stored-value format (made valid for CT), so stored values stay comparable."""
+    from ctdenoise.dicom_out import PixelFormat
 
     attrs = source.attrs
-    fmt = dicom_out.PixelFormat.for_ct(
+    return PixelFormat.for_ct(
         attrs.get("rescale_slope"),
         attrs.get("rescale_intercept"),
         attrs.get("bits_allocated"),
         attrs.get("bits_stored"),
         attrs.get("pixel_representation"),
     )
+
+
+@dataclass
+class DenoisedVolume:
+    """What one pass over the row blocks keeps (:func:`_denoise_blocks`).
+
+    Only the denoised series is held whole, as stored integers; of the input and the reference
+    only the sampled slices, and running sums for the whole-volume numbers, so that the float
+    matrices are never held (module docstring).
+    """
+
+    stored: np.ndarray  # (slices, rows*columns) stored values, slice-major: each slice contiguous
+    samples: list[int]  # columns compared with SSIM, the middle one among them
+    input_samples: np.ndarray  # (len(samples), rows*columns) input HU, float32
+    reference_samples: np.ndarray | None  # the same of the reference; None without one
+    error_input: SquaredErrorSum  # input against the reference
+    error_denoised: SquaredErrorSum  # denoised as written (stored values) against the reference
+    frobenius2: float = 0.0  # ||A||_F^2, HU^2
+    denoised2: float = 0.0  # ||denoised||_F^2 before rounding to stored values, HU^2
+
+
+def _denoise_blocks(
+    matrix: zarr.Array, matrix_url: str, denoised: Denoised, fmt: PixelFormat, reference: zarr.Array | None
+) -> DenoisedVolume:
+    """Denoise the matrix one row block (Zarr chunk) at a time, keeping a :class:`DenoisedVolume`.
+
+    Blocks follow the chunks so each chunk is read once; each block is rounded to stored values
+    and dropped before the next is read, so memory does not grow with float copies.
+    """
+    from ctdenoise.dicom_out import hu_to_stored, stored_to_hu
+    from ctdenoise.metrics import SquaredErrorSum
+
     m, n = matrix.shape
     samples = _sample_columns(n)
-    middle = samples.index(matrix_store.middle_column(n))
-    stored = np.empty((n, m), dtype=fmt.dtype)  # slice-major: each slice contiguous
-    input_samples = np.empty((len(samples), m), dtype=np.float32)
-    reference_samples = np.empty((len(samples), m), dtype=np.float32) if reference is not None else None
-    frobenius2 = denoised2 = 0.0
-    error_input, error_denoised = SquaredErrorSum(), SquaredErrorSum()
-
+    volume = DenoisedVolume(
+        stored=np.empty((n, m), dtype=fmt.dtype),
+        samples=samples,
+        input_samples=np.empty((len(samples), m), dtype=np.float32),
+        reference_samples=np.empty((len(samples), m), dtype=np.float32) if reference is not None else None,
+        error_input=SquaredErrorSum(),
+        error_denoised=SquaredErrorSum(),
+    )
     step = int(matrix.chunks[0]) or m
     for start in range(0, m, step):
         stop = min(m, start + step)
         block = np.asarray(matrix[start:stop, :], dtype=np.float64)
         if not np.isfinite(block).all():
             raise InputError(f"{matrix_url}: non-finite values in rows {start}..{stop - 1}")
-        frobenius2 += float(np.sum(block * block))
+        volume.frobenius2 += float(np.sum(block * block))
         result = denoised.block(start, stop, block)
-        denoised2 += float(np.sum(result * result))
-        block_stored = dicom_out.hu_to_stored(result, fmt)
-        stored[:, start:stop] = block_stored.T
-        input_samples[:, start:stop] = block[:, samples].T
+        volume.denoised2 += float(np.sum(result * result))
+        block_stored = hu_to_stored(result, fmt)
+        volume.stored[:, start:stop] = block_stored.T
+        volume.input_samples[:, start:stop] = block[:, samples].T
         if reference is not None:
             ref_block = np.asarray(reference[start:stop, :], dtype=np.float64)
-            error_input.add(block, ref_block)
-            error_denoised.add(dicom_out.stored_to_hu(block_stored, fmt), ref_block)
-            reference_samples[:, start:stop] = ref_block[:, samples].T
+            volume.error_input.add(block, ref_block)
+            volume.error_denoised.add(stored_to_hu(block_stored, fmt), ref_block)
+            volume.reference_samples[:, start:stop] = ref_block[:, samples].T
         del block, block_stored, result
+    return volume
 
-    shape2d = (source.rows, source.columns)
-    denoised_samples = dicom_out.stored_to_hu(stored[samples], fmt).reshape(len(samples), *shape2d)
-    input_samples_2d = input_samples.reshape(len(samples), *shape2d)
+
+@dataclass(frozen=True)
+class SampleImages:
+    """The sampled slices as images in HU, for SSIM, the noise estimate and the preview.
+
+    The denoised images are read back from the stored values, so their numbers describe the
+    files as written, rounding and clipping included.
+    """
+
+    input: np.ndarray  # (samples, rows, columns)
+    denoised: np.ndarray  # (samples, rows, columns)
+    reference: np.ndarray | None  # (samples, rows, columns); None without a reference
+    middle: int  # index of the middle slice among the samples
+
+    @classmethod
+    def of(cls, volume: DenoisedVolume, source: SourceSeries, fmt: PixelFormat) -> SampleImages:
+        from ctdenoise.dicom_out import stored_to_hu
+
+        shape = (len(volume.samples), source.rows, source.columns)
+        return cls(
+            input=volume.input_samples.reshape(shape),
+            denoised=stored_to_hu(volume.stored[volume.samples], fmt).reshape(shape),
+            reference=None if volume.reference_samples is None else volume.reference_samples.reshape(shape),
+            middle=volume.samples.index(matrix_store.middle_column(source.slices)),
+        )
+
+
+def _metrics(
+    dest_url: str,
+    source: SourceSeries,
+    denoised: Denoised,
+    volume: DenoisedVolume,
+    images: SampleImages,
+    reference_url: str | None,
+) -> dict[str, Any]:
+    """The metrics of :func:`reconstruct` but ``seconds``, which is measured once the files are
+    written; reference numbers only with a reference, so their absence says none was given."""
+    from ctdenoise.metrics import finite_or_none, noise_std_hu, ssim
+
     metrics: dict[str, Any] = {
         "status": "written",
         "dest": dest_url,
-        **denoised.metrics(frobenius2, denoised2),
-        "n_slices": n,
+        **denoised.metrics(volume.frobenius2, volume.denoised2),
+        "n_slices": source.slices,
         "rows": source.rows,
         "columns": source.columns,
-        "noise_std_hu_input": finite_or_none(noise_std_hu(input_samples_2d[middle])),
-        "noise_std_hu_denoised": finite_or_none(noise_std_hu(denoised_samples[middle])),
+        "noise_std_hu_input": finite_or_none(noise_std_hu(images.input[images.middle])),
+        "noise_std_hu_denoised": finite_or_none(noise_std_hu(images.denoised[images.middle])),
         "series_instance_uid": str(denoised.series_uid),
         "source_series_instance_uid": source.series_instance_uid,
     }
-    if reference is not None:
-        ref_2d = reference_samples.reshape(len(samples), *shape2d)
+    if images.reference is not None:
         metrics.update(
             {
                 "reference": reference_url,
-                "psnr_db_input": finite_or_none(error_input.psnr_db),
-                "psnr_db_denoised": finite_or_none(error_denoised.psnr_db),
-                "ssim_input": finite_or_none(ssim(input_samples_2d, ref_2d)),
-                "ssim_denoised": finite_or_none(ssim(denoised_samples, ref_2d)),
-                "ssim_slices": samples,
+                "psnr_db_input": finite_or_none(volume.error_input.psnr_db),
+                "psnr_db_denoised": finite_or_none(volume.error_denoised.psnr_db),
+                "ssim_input": finite_or_none(ssim(images.input, images.reference)),
+                "ssim_denoised": finite_or_none(ssim(images.denoised, images.reference)),
+                "ssim_slices": volume.samples,
             }
         )
+    return metrics
 
+
+def _publish(
+    dest_url: str,
+    source: SourceSeries,
+    denoised: Denoised,
+    volume: DenoisedVolume,
+    fmt: PixelFormat,
+    images: SampleImages,
+    metrics: dict[str, Any],
+    started: float,
+    storage_options: Mapping[str, Any] | None,
+) -> None:
+    """Stage the DICOM series, the preview and ``metrics.json`` locally, then publish them at
+    once (``_SUCCESS`` last), so a reader never sees a partial output.
+
+    ``seconds`` is added to ``metrics`` when everything but ``metrics.json`` is written, so it
+    covers the whole run.
+    """
     template = _derived_template(source, denoised)
-    width = max(4, len(str(n)))
     with storage.staging_dir("ctdenoise-reconstruct-") as staged:
         staged = Path(staged)
-        for j in range(n):
-            uid = derive_uid(denoised.series_uid, "instance", source.sop_instance_uids[j])
-            ds = dicom_out.build_ct_dataset(template, stored[j].reshape(shape2d), _geometry(source, j), uid, fmt)
-            _instance_references(ds, source, j)
-            dicom_out.save(ds, staged / "dicom" / dicom_out.instance_file_name(j, width))
-        spacing = attrs.get("pixel_spacing")
-        of_k = f" of {denoised.k}" if isinstance(denoised, GlobalRank) else ""
-        write_preview(
-            staged / "preview.png",
-            input_samples_2d[middle],
-            denoised_samples[middle],
-            title=f"series ...{source.series_instance_uid[-12:]}  slice {matrix_store.middle_column(n) + 1}/{n}  {denoised.label}{of_k}",
-            labels=("input", f"denoised ({denoised.label})", "input - denoised"),
-            pixel_spacing=spacing,
-        )
+        _write_dicom(staged / "dicom", template, source, denoised, volume.stored, fmt)
+        _write_preview(staged / "preview.png", source, denoised, images)
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         (staged / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         storage.publish_dir(staged, dest_url, storage_options)
-    log.info("%s of %s -> %s (%.1f s)", denoised.label, source.series_instance_uid, dest_url, metrics["seconds"])
-    return metrics
+
+
+def _write_dicom(
+    folder: Path, template: Any, source: SourceSeries, denoised: Denoised, stored: np.ndarray, fmt: PixelFormat
+) -> None:
+    """One CT instance per column, named in column order; UIDs derive from the output series and
+    the source instance, so a rerun writes the same files."""
+    from ctdenoise import dicom_out
+    from ctdenoise.uids import derive_uid
+
+    width = max(4, len(str(source.slices)))
+    shape2d = (source.rows, source.columns)
+    for j in range(source.slices):
+        uid = derive_uid(denoised.series_uid, "instance", source.sop_instance_uids[j])
+        ds = dicom_out.build_ct_dataset(template, stored[j].reshape(shape2d), _geometry(source, j), uid, fmt)
+        _instance_references(ds, source, j)
+        dicom_out.save(ds, folder / dicom_out.instance_file_name(j, width))
+
+
+def _write_preview(path: Path, source: SourceSeries, denoised: Denoised, images: SampleImages) -> None:
+    """The middle slice as input | denoised | difference, titled so a preview names its series
+    and setting when seen alone."""
+    from ctdenoise.preview import write_preview
+
+    n = source.slices
+    of_k = f" of {denoised.k}" if isinstance(denoised, GlobalRank) else ""
+    write_preview(
+        path,
+        images.input[images.middle],
+        images.denoised[images.middle],
+        title=f"series ...{source.series_instance_uid[-12:]}  slice {matrix_store.middle_column(n) + 1}/{n}  {denoised.label}{of_k}",
+        labels=("input", f"denoised ({denoised.label})", "input - denoised"),
+        pixel_spacing=source.attrs.get("pixel_spacing"),
+    )
