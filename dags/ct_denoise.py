@@ -77,6 +77,65 @@ default_args = {
 }
 
 
+# The Airflow-side steps, in the order data flows; convert, dssvd and reconstruct are the runtime's.
+
+
+@task(task_id="discover_series", execution_timeout=timedelta(minutes=30))
+def discover_series(params: dict | None = None, logical_date=None) -> list[dict]:  # noqa: ANN001 (a pendulum DateTime)
+    from ctdenoise.orchestration import aws, discovery
+    from ctdenoise.params import RunParams
+
+    ds = settings.partition_date(logical_date)
+    partition = settings.partition_url(ds)
+    series, skipped = discovery.discover(
+        partition,
+        ds=ds,
+        work_url=settings.work_url(ds),
+        denoised_url=settings.denoised_url(),
+        params=RunParams.from_conf(params),
+        settle_seconds=settings.settle_seconds,
+        storage_options=aws.storage_options(settings.aws_conn_id),
+    )
+    if not series:
+        reasons = "; ".join(f"{s['folder']}: {s['reason']}" for s in skipped[:5]) or "no series folders"
+        raise AirflowSkipException(f"nothing to process in {partition} ({reasons})")
+    return [s.to_xcom() for s in series]
+
+
+@task(task_id="plan_ranks", trigger_rule=GOOD_SERIES_GO_ON, execution_timeout=timedelta(minutes=30))
+def plan_ranks(converted) -> list[dict]:  # noqa: ANN001 (the mapped convert's XComs)
+    from ctdenoise.errors import InputError
+    from ctdenoise.orchestration import aws
+    from ctdenoise.plan import plan
+    from ctdenoise.records import Converted
+
+    # A slice reads every pushed XCom in one request (iterating would probe one past the end).
+    series = [Converted.from_xcom(c) for c in (converted[:] if converted else []) if c]
+    items, left_out = plan(series, aws.storage_options(settings.aws_conn_id))
+    if not items:
+        raise InputError("no series has a usable decomposition: " + "; ".join(s["reason"] for s in left_out))
+    return [i.to_xcom() for i in items]
+
+
+@task(
+    task_id="report",
+    trigger_rule=GOOD_SERIES_GO_ON,
+    execution_timeout=timedelta(minutes=30),
+    map_index_template="{{ task.op_kwargs['series']['label'] }}",
+)
+def report(series: dict, dag_run=None, ti=None) -> dict:  # noqa: ANN001
+    from ctdenoise.orchestration import aws
+    from ctdenoise.records import Output, Reconstructed, Series
+    from ctdenoise.report import RunInfo, publish_report
+
+    run = RunInfo(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                  logical_date=dag_run.logical_date.isoformat() if dag_run.logical_date else None)  # fmt: skip
+    planned = [Output.from_xcom(o) for o in as_list(ti.xcom_pull(task_ids="plan_ranks"))]
+    results = [Reconstructed.from_xcom(r) for r in as_list(ti.xcom_pull(task_ids="reconstruct"))]
+    done = publish_report(Series.from_xcom(series), planned, results, run, aws.storage_options(settings.aws_conn_id))
+    return done.to_xcom()
+
+
 def as_list(value) -> list:  # noqa: ANN001
     """XCom pulls give a value, a list, or None: always a list without Nones."""
     if value is None:
@@ -112,7 +171,6 @@ def ct_denoise() -> None:
         soft_fail=True,
         pre_execute=check_params,
     )
-
     wait_for_settled_upload = SettledUploadSensor(
         task_id="wait_for_settled_upload",
         partition_url=settings.partition_template(),
@@ -124,59 +182,6 @@ def ct_denoise() -> None:
         proceed_after_seconds=settings.settle_timeout_seconds,
         timeout=settings.settle_timeout_seconds + 3 * settings.poke_interval_seconds,
     )
-
-    @task(task_id="discover_series", execution_timeout=timedelta(minutes=30))
-    def discover_series(params: dict | None = None, logical_date=None) -> list[dict]:  # noqa: ANN001 (a pendulum DateTime)
-        from ctdenoise.orchestration import aws, discovery
-        from ctdenoise.params import RunParams
-
-        ds = settings.partition_date(logical_date)
-        partition = settings.partition_url(ds)
-        series, skipped = discovery.discover(
-            partition,
-            ds=ds,
-            work_url=settings.work_url(ds),
-            denoised_url=settings.denoised_url(),
-            params=RunParams.from_conf(params),
-            settle_seconds=settings.settle_seconds,
-            storage_options=aws.storage_options(settings.aws_conn_id),
-        )
-        if not series:
-            reasons = "; ".join(f"{s['folder']}: {s['reason']}" for s in skipped[:5]) or "no series folders"
-            raise AirflowSkipException(f"nothing to process in {partition} ({reasons})")
-        return [s.to_xcom() for s in series]
-
-    @task(task_id="plan_ranks", trigger_rule=GOOD_SERIES_GO_ON, execution_timeout=timedelta(minutes=30))
-    def plan_ranks(converted) -> list[dict]:
-        from ctdenoise.errors import InputError
-        from ctdenoise.orchestration import aws
-        from ctdenoise.plan import plan
-        from ctdenoise.records import Converted
-
-        # A slice reads every pushed XCom in one request (iterating would probe one past the end).
-        series = [Converted.from_xcom(c) for c in (converted[:] if converted else []) if c]
-        items, left_out = plan(series, aws.storage_options(settings.aws_conn_id))
-        if not items:
-            raise InputError("no series has a usable decomposition: " + "; ".join(s["reason"] for s in left_out))
-        return [i.to_xcom() for i in items]
-
-    @task(
-        task_id="report",
-        trigger_rule=GOOD_SERIES_GO_ON,
-        execution_timeout=timedelta(minutes=30),
-        map_index_template="{{ task.op_kwargs['series']['label'] }}",
-    )
-    def report(series: dict, dag_run=None, ti=None) -> dict:
-        from ctdenoise.orchestration import aws
-        from ctdenoise.records import Output, Reconstructed, Series
-        from ctdenoise.report import RunInfo, publish_report
-
-        run = RunInfo(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
-                      logical_date=dag_run.logical_date.isoformat() if dag_run.logical_date else None)  # fmt: skip
-        planned = [Output.from_xcom(o) for o in as_list(ti.xcom_pull(task_ids="plan_ranks"))]
-        results = [Reconstructed.from_xcom(r) for r in as_list(ti.xcom_pull(task_ids="reconstruct"))]
-        done = publish_report(Series.from_xcom(series), planned, results, run, aws.storage_options(settings.aws_conn_id))
-        return done.to_xcom()
 
     series = discover_series()
     converted = runtime.convert(settings, series)

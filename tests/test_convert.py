@@ -35,6 +35,12 @@ TILTED = (1.0, 0.0, 0.0, 0.0, math.cos(math.radians(25)), -math.sin(math.radians
 REVERSED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # normal -z
 
 
+def convert_json(*args, **kwargs):
+    """``convert``'s outcomes as the CLI prints them (JSON documents), one at a time."""
+    for outcome in convert(*args, **kwargs):
+        yield outcome.to_xcom()
+
+
 def by_status(records: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {"written": [], "failed": [], "skipped": []}
     for r in records:
@@ -60,7 +66,7 @@ def test_columns_follow_the_slice_normal(tmp_path: Path, orientation, shift: flo
     slices = ct_series(5, orientation=orientation, in_plane_shift=shift, spacing=1.5)
     on_disk = {"sorted": slices, "reversed": slices[::-1], "shuffled": [slices[i] for i in (2, 4, 0, 3, 1)]}[file_order]
     write_slices(tmp_path / "src", on_disk)
-    records = list(convert(str(tmp_path / "src"), str(tmp_path / "dst")))
+    records = list(convert_json(str(tmp_path / "src"), str(tmp_path / "dst")))
     (record,) = records
     uid = str(slices[0].dataset.SeriesInstanceUID)
     assert record["status"] == "written" and record["series_instance_uid"] == uid
@@ -92,7 +98,7 @@ def test_columns_follow_the_slice_normal(tmp_path: Path, orientation, shift: flo
 def test_attributes_of_the_real_ct_small(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     shutil.copy(ct_small_path(), tmp_path / "src" / "CT_small.dcm")
-    (record,) = convert(str(tmp_path / "src"), str(tmp_path / "dst"))
+    (record,) = convert_json(str(tmp_path / "src"), str(tmp_path / "dst"))
     ds = pydicom.dcmread(ct_small_path())
     arr = matrix_store.open_matrix(record["url"])
     attrs = dict(arr.attrs)
@@ -117,7 +123,7 @@ def test_fallback_ordering_is_recorded(tmp_path: Path, drop: tuple[str, ...], ca
         for keyword in drop:
             del s.dataset[keyword]
     write_slices(tmp_path / "src", slices[::-1])
-    (record,) = convert(str(tmp_path / "src"), str(tmp_path / "dst"))
+    (record,) = convert_json(str(tmp_path / "src"), str(tmp_path / "dst"))
     expected = "slice_location" if len(drop) == 1 else "instance_number"
     assert record["ordering"] == expected
     arr = matrix_store.open_matrix(record["url"])
@@ -169,7 +175,7 @@ def test_bad_series_fail_alone_and_leave_nothing(tmp_path: Path) -> None:
     cases = _bad_series(src)
     good = ct_series(3, series_uid="1.2.826.0.1.9")
     write_slices(src / "zz_good", good)  # listed last: the failures come first
-    records = by_status(list(convert(str(src), str(dst))))
+    records = by_status(list(convert_json(str(src), str(dst))))
     assert [r["series_instance_uid"] for r in records["written"]] == ["1.2.826.0.1.9"]
     np.testing.assert_array_equal(matrix_store.open_matrix(records["written"][0]["url"])[...], expected_matrix(good))
     failed = {r["series_instance_uid"]: r for r in records["failed"]}
@@ -188,7 +194,7 @@ def test_no_ct_series_is_an_input_error(tmp_path: Path) -> None:
     (src / "readme.txt").write_text("hello")
     records = []
     with pytest.raises(InputError, match="no CT image series") as info:
-        for record in convert(str(src), str(tmp_path / "dst")):
+        for record in convert_json(str(src), str(tmp_path / "dst")):
             records.append(record)
     assert len(records) == 2 and all(r["status"] == "skipped" for r in records)
     assert "modality MR, not CT" in str(info.value)
@@ -248,7 +254,7 @@ def test_failure_while_writing_leaves_nothing_at_dst(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(zarr.Array, "__setitem__", half_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        list(convert(str(src), str(dst)))
+        list(convert_json(str(src), str(dst)))
     assert not dst.exists() or not any(dst.iterdir())
 
 
@@ -256,7 +262,7 @@ def test_failed_publication_keeps_the_previous_matrix(tmp_path: Path, monkeypatc
     src, dst = tmp_path / "src", tmp_path / "dst"
     slices = ct_series(3)
     write_slices(src, slices)
-    (first,) = convert(str(src), str(dst))
+    (first,) = convert_json(str(src), str(dst))
     before = matrix_store.open_matrix(first["url"])[...]
 
     for s in slices:  # new pixel data, same series
@@ -270,7 +276,7 @@ def test_failed_publication_keeps_the_previous_matrix(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(storage.shutil, "copytree", copy_then_fail)
     with pytest.raises(OSError, match="connection reset"):
-        list(convert(str(src), str(dst)))
+        list(convert_json(str(src), str(dst)))
     monkeypatch.undo()
     assert [p.name for p in dst.iterdir() if p.name.endswith(".zarr")] == [Path(first["url"]).name]
     np.testing.assert_array_equal(matrix_store.open_matrix(first["url"])[...], before)
@@ -281,7 +287,7 @@ def test_file_url_source(tmp_path: Path) -> None:
     slices = ct_series(3)
     write_slices(src / "a" / "b", slices)
     (src / "a" / "notes.txt").write_text("x")
-    records = by_status(list(convert(f"file://{src}", f"file://{dst}")))
+    records = by_status(list(convert_json(f"file://{src}", f"file://{dst}")))
     assert records["skipped"] == [
         {"status": "skipped", "file": f"file://{src}/a/notes.txt",
          "reason": "not a DICOM file (no DICM prefix, no DICOM header found)"}
@@ -300,7 +306,7 @@ def test_s3_source_and_destination(tmp_path: Path, s3_bucket: str) -> None:
     fs, _ = storage.get_fs(f"s3://{s3_bucket}")
     fs.put(f"{local}/", f"{s3_bucket}/in/", recursive=True)
 
-    records = by_status(list(convert(f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out")))
+    records = by_status(list(convert_json(f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out")))
     assert [r["file"] for r in records["skipped"]] == [f"s3://{s3_bucket}/in/notes.txt"]
     (written,) = records["written"]
     uid = str(slices[0].dataset.SeriesInstanceUID)

@@ -53,8 +53,8 @@ def test_scan_classifies_every_kind_of_file(tmp_path: Path) -> None:
     enhanced.save_as(src / "enhanced.dcm")
 
     series, skipped = scan_series(str(src))
-    reasons = {Path(r["file"]).name: r["reason"] for r in skipped}
-    assert all(r["status"] == "skipped" for r in skipped)
+    reasons = {Path(r.file).name: r.reason for r in skipped}
+    assert all(r.status == "skipped" for r in skipped)
     assert reasons["MR_small.dcm"] == "modality MR, not CT"
     assert "'Comprehensive SR Storage' is not an image" in reasons["test-SR.dcm"]
     assert "'RT Plan Storage' is not an image" in reasons["rtplan.dcm"]

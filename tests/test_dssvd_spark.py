@@ -258,7 +258,7 @@ def test_bad_parameters_exit_2_before_spark_work(spark, dssvd, matrix, tmp_path,
     code, _, err = run_main(dssvd, capsys, "--matrix", str(tmp_path / "absent.zarr"), "--out", out, "--rank", "3")
     assert code == 2 and "no Zarr matrix there" in err
     code, _, err = run_main(dssvd, capsys, "--matrix", url, "--out", out, "--rank", "3", "--oversample", "-2")
-    assert code == 2 and "oversample must be an integer >= 0" in err
+    assert code == 2 and "oversample: Input should be greater than or equal to 0 (got -2)" in err
     assert not Path(out).exists()
 
 
@@ -285,7 +285,7 @@ def test_spark_submit_bad_parameter_fails_with_a_clear_message(matrix, tmp_path)
     url, _ = matrix
     proc = _spark_submit("--matrix", url, "--out", str(tmp_path / "x.zarr"), "--rank", "0")
     assert proc.returncode != 0
-    assert "rank must be a positive integer, got 0" in proc.stdout + proc.stderr
+    assert "rank: Input should be greater than or equal to 1 (got 0)" in proc.stdout + proc.stderr
 
 
 def test_local_mode_matches_the_numpy_engine_and_publishes_both_groups(spark, dssvd, matrix, tmp_path, capsys):

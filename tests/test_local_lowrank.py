@@ -9,7 +9,8 @@ import pytest
 
 from ctdenoise import local_lowrank as llr
 from ctdenoise.errors import ParameterError
-from ctdenoise.local_lowrank import LocalParams
+from ctdenoise.local_group import local_numpy
+from ctdenoise.params import LocalParams
 from ctdenoise.matrix_store import open_local, write_matrix
 
 
@@ -116,15 +117,15 @@ def test_denoising_a_volume_beats_the_input_and_bands_do_not_matter() -> None:
 
 def test_params_are_validated() -> None:
     with pytest.raises(ParameterError, match="stride must be between 1 and the tile size 8, got 9"):
-        LocalParams(tile=8, stride=9).validate()
-    with pytest.raises(ParameterError, match="multipliers must be"):
-        LocalParams(multipliers=(0.0,)).validate()
-    with pytest.raises(ParameterError, match="shrinkage must be one of frobenius, hard"):
-        LocalParams(shrinkage="soft").validate()
+        LocalParams.parse({"tile": 8, "stride": 9}, "m.zarr")
+    with pytest.raises(ParameterError, match="multipliers: Input should be greater than 0"):
+        LocalParams.parse({"multipliers": [0.0]}, "m.zarr")
+    with pytest.raises(ParameterError, match="shrinkage: Input should be 'frobenius' or 'hard'"):
+        LocalParams.parse({"shrinkage": "soft"}, "m.zarr")
     with pytest.raises(ParameterError, match=r"is not \(rows\*columns, slices\)"):
         llr.denoise_matrix(np.zeros((10, 4)), 3, 3, LocalParams())
     p = LocalParams(tile=8, stride=2, multipliers=(1.0, 2.0))
-    assert LocalParams.from_dict(p.as_dict()) == p
+    assert LocalParams.model_validate(p.as_json()) == p
 
 
 def test_local_numpy_publishes_the_group(tmp_path) -> None:
@@ -133,13 +134,13 @@ def test_local_numpy_publishes_the_group(tmp_path) -> None:
     url = str(tmp_path / "m.zarr")
     write_matrix(as_matrix(noisy), {"rows": rows, "columns": columns, "slices": slices}, url, row_chunk=100)
     params = LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0))
-    record = llr.local_numpy(url, str(tmp_path / "local.zarr"), params)
+    record = local_numpy(url, str(tmp_path / "local.zarr"), params)
     group, attrs = open_local(record["local"])
     expected, _ = llr.denoise_matrix(as_matrix(noisy).astype(np.float32), rows, columns, params)
     np.testing.assert_allclose(group["D"][...], expected, atol=1e-4)
     # The report's copy of the middle slice (slice 5 of 10), written band by band with D.
     np.testing.assert_array_equal(group["middle_slice"][...], group["D"][:, :, 5])
-    from ctdenoise.report import local_middle_slices
+    from ctdenoise.report.values import local_middle_slices
 
     np.testing.assert_array_equal(np.stack(local_middle_slices(group, 5)), group["D"][:, :, 5])
     np.testing.assert_array_equal(np.stack(local_middle_slices(group, 3)), group["D"][:, :, 3])  # any other column: from D
@@ -153,9 +154,10 @@ def test_local_numpy_publishes_the_group(tmp_path) -> None:
 def test_a_failed_pass_publishes_nothing_and_leaves_no_work_folder(tmp_path) -> None:
     from ctdenoise.decomposition import Timings
 
-    rows, columns = 8, 8
+    from ctdenoise.local_group import BandPlan, publish_bands
+
     params = LocalParams(tile=4, stride=4)
-    attrs = llr.group_attrs(params, rows, columns, "m.zarr", (64, 5), chunk_rows=32)
+    plan = BandPlan(matrix_url="m.zarr", shape=(64, 5), rows=8, columns=8, band_rows=4, params=params, column_scale=None)
     dest = tmp_path / "local.zarr"
     seen = {}
 
@@ -165,7 +167,7 @@ def test_a_failed_pass_publishes_nothing_and_leaves_no_work_folder(tmp_path) -> 
         raise RuntimeError("executor lost")
 
     with pytest.raises(RuntimeError, match="executor lost"):
-        llr.publish_bands(str(dest), failing, rows, columns, (64, 5), params, attrs, Timings())
+        publish_bands(str(dest), failing, plan, plan.attrs(), Timings())
     assert not dest.exists() and not any(tmp_path.iterdir()), list(tmp_path.iterdir())
     assert seen["work"] != str(dest)
 
@@ -207,15 +209,15 @@ def test_a_constant_tile_keeps_one_component_not_its_rounding() -> None:
 
 
 def test_params_of_the_inplane_stage() -> None:
-    with pytest.raises(ParameterError, match="inplane must be one of nlm, none, got 'bm3d'"):
-        LocalParams(inplane="bm3d").validate()
-    with pytest.raises(ParameterError, match=r"inplane_strength must be in \(0, 10\]"):
-        LocalParams(inplane_strength=0).validate()
+    with pytest.raises(ParameterError, match="inplane: Input should be 'nlm' or 'none' \\(got 'bm3d'\\)"):
+        LocalParams.parse({"inplane": "bm3d"}, "m.zarr")
+    with pytest.raises(ParameterError, match="inplane_strength: Input should be greater than 0"):
+        LocalParams.parse({"inplane_strength": 0}, "m.zarr")
     assert LocalParams().inplane == "nlm" and LocalParams().automatic_multiplier == 0.5
     assert LocalParams(inplane="none").automatic_multiplier == 1.0 and LocalParams(inplane="none").inplane_halo == 0
     assert LocalParams().inplane_halo == llr.NLM_DISTANCE + llr.NLM_PATCH // 2
     p = LocalParams(inplane="none", inplane_strength=1.5)
-    assert LocalParams.from_dict(p.as_dict()) == p
+    assert LocalParams.model_validate(p.as_json()) == p
 
 
 def test_the_inplane_stage_is_nlm_of_each_slice_of_the_tile_estimate() -> None:

@@ -177,7 +177,7 @@ def test_worker_runs_the_ctdenoise_console_script_as_the_pods_user() -> None:
 
 def test_pod_entry_point_imports_no_airflow() -> None:
     code = (
-        "import sys, ctdenoise.orchestration.podrun, ctdenoise.orchestration.batch, ctdenoise.cli;"
+        "import sys, ctdenoise.orchestration.podrun, ctdenoise.records, ctdenoise.job, ctdenoise.plan, ctdenoise.cli;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('airflow', 'kubernetes', 'pyspark')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -186,18 +186,18 @@ def test_pod_entry_point_imports_no_airflow() -> None:
 
 
 def test_spark_image_holds_the_application_the_manifest_runs() -> None:
-    from ctdenoise import spark_app
+    from ctdenoise.orchestration import sparkapp
 
     df = parse_dockerfile(IMAGES / "Dockerfile.spark")
-    main = spark_app.DEFAULTS["main_application_file"]
+    main = sparkapp.MAIN_APPLICATION_FILE
     assert main.startswith("local://")
     copies = {c.dest: c for c in df.copies}
     assert main[len("local://") :] in copies, f"{main} is not a COPY destination"
     assert copies[main[len("local://") :]].sources == ["spark/dssvd.py"]
     assert df.entrypoint == ["/opt/entrypoint.sh"] and copies["/opt/entrypoint.sh"].stage == "spark"
-    assert df.users[-1] == f"{spark_app.DEFAULTS['run_as_user']}:{spark_app.DEFAULTS['run_as_user']}"
+    assert df.users[-1] == f"{sparkapp.RUN_AS}:{sparkapp.RUN_AS}"
     version = df.args["SPARK_VERSION"]
-    assert version == pins()["pyspark"] == spark_app.DEFAULTS["spark_version"]
+    assert version == pins()["pyspark"] == sparkapp.SPARK_VERSION
     assert df.stages[0][0] == f"apache/spark:{version}-scala2.13-java17-ubuntu"
     assert df.stages[-1][0].startswith("python:3.11"), "driver and executors need the Airflow side's Python minor"
 

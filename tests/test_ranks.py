@@ -88,12 +88,11 @@ def test_select_ranks_sorts_deduplicates_and_keeps_every_rule():
     choices = select_ranks(s, (m, n), ranks=[90, 5, 20], drop_percents=[0.1, 1, 5, 10, 30], auto=True)
     assert [c.rank for c in choices] == [5, 20, 70, 90, 95, 99, 100]
     by_rank = {c.rank: c for c in choices}
-    assert by_rank[5].rule == "explicit" and [r["rule"] for r in by_rank[5].rules] == ["explicit", "gavish_donoho"]
-    assert [r["rule"] for r in by_rank[90].rules] == ["explicit", "drop_percent"]
-    assert by_rank[70].detail == {"percent": 30.0, "dropped": 30}
-    record = by_rank[5].as_dict()
-    assert record["rank"] == 5 and record["rule"] == "explicit" and len(record["rules"]) == 2
-    assert isinstance(by_rank[5], RankChoice)
+    assert [r.rule for r in by_rank[5].rules] == ["explicit", "gavish_donoho"] and by_rank[5].is_auto
+    assert [r.rule for r in by_rank[90].rules] == ["explicit", "drop_percent"]
+    assert by_rank[70].rules[0].model_dump(exclude_none=True) == {"rule": "drop_percent", "percent": 30.0, "dropped": 30}
+    assert by_rank[5].auto_rule.threshold > 0 and by_rank[5].labels == ["explicit", "Gavish–Donoho"]
+    assert RankChoice.from_xcom(by_rank[5].to_xcom()) == by_rank[5]
 
 
 def test_select_ranks_with_a_truncated_spectrum_skips_unusable_drop_percent_ranks(caplog):

@@ -16,6 +16,9 @@ import pytest
 
 from ctdenoise import matrix_store, report
 from ctdenoise.errors import InputError, ParameterError
+from ctdenoise.params import RunParams
+from ctdenoise.records import Output, Series
+from ctdenoise.report import ReportEntry, RunInfo
 
 ROWS = COLUMNS = 64
 SLICES = 12
@@ -78,21 +81,25 @@ def _metrics(noisy: np.ndarray, clean: np.ndarray, s: np.ndarray, V: np.ndarray,
     }
 
 
+def make_series(root: Path, conf: dict[str, Any]) -> Series:
+    return Series(folder="scan", ds="2025-01-02", source_url="s3://scans/patient-1/", files=SLICES, series_instance_uid=SERIES_UID,
+                  work_url=str(root / "work" / "scan"), denoised_url=str(root / "denoised"), params=RunParams.from_conf(conf))  # fmt: skip
+
+
 @pytest.fixture()
 def inputs(tmp_path: Path) -> dict[str, Any]:
     from ctdenoise.ranks import select_ranks
 
     noisy, clean = _phantom()
-    matrix_url = str(tmp_path / "matrices" / f"{SERIES_UID}.zarr")
-    matrix_store.write_matrix(noisy, _matrix_attrs(), matrix_url)
+    series = make_series(tmp_path, {"modes": ["global"], "ranks": [2, 6], "drop_percents": [10, 50]})
+    matrix_store.write_matrix(noisy, _matrix_attrs(), series.matrix_url)
     reference_url = str(tmp_path / "truth" / f"{SERIES_UID}.zarr")
     matrix_store.write_matrix(clean, _matrix_attrs("1.2.826.0.1.3680043.8.498.2001"), reference_url)
     _, s, Vt = np.linalg.svd(noisy, full_matrices=False)
     V = Vt.T
     frob = float(np.linalg.norm(noisy))
-    svd_url = str(tmp_path / "svd" / f"{SERIES_UID}.zarr")
     matrix_store.write_svd(
-        svd_url,
+        series.svd_url,
         s,
         V,
         {
@@ -106,39 +113,30 @@ def inputs(tmp_path: Path) -> dict[str, Any]:
             "seed": 0,
         },
     )
-    series_url = str(tmp_path / "denoised" / SERIES_UID)
-    # The rank rules as the DAG gets them: explicit 2 and 6, drop 10 % and 50 %, Gavish-Donoho.
-    choices = [
-        c.as_dict() for c in select_ranks(s, noisy.shape, ranks=[2, 6], drop_percents=[10, 50], frobenius_norm=frob)
-    ]
-    auto = next(c for c in choices if c["rule"] == "gavish_donoho")
-    assert auto["rank"] not in (2, 6, 11), "the phantom's GD rank should differ from the other rules' ranks"
-    ranks = []
+    # The rank rules as the plan gets them: explicit 2 and 6, drop 10 % and 50 %, Gavish-Donoho.
+    choices = select_ranks(s, noisy.shape, ranks=[2, 6], drop_percents=[10, 50], frobenius_norm=frob)
+    auto = next(c for c in choices if c.is_auto)
+    assert auto.rank not in (2, 6, 11), "the phantom's GD rank should differ from the other rules' ranks"
+    entries = []
     for c in choices:
-        ok = c["rank"] != 6  # rank 6 (explicit + drop 50 %) failed in the writer
-        ranks.append({**c, "output_url": f"{series_url}/rank-{c['rank']}",
-                      "metrics": _metrics(noisy, clean, s, V, c["rank"], frob) if ok else None})
-    # The same rank listed again by a caller with a plain rule name: merged into one entry.
-    ranks.append({"rank": auto["rank"], "rules": ["explicit"], "output_url": f"{series_url}/rank-{auto['rank']}",
-                  "metrics": ranks[[c["rank"] for c in choices].index(auto["rank"])]["metrics"]})
-    run_info = {
-        "dag_id": "ct_denoise",
-        "run_id": "manual__2025-01-02T03:04:05+00:00",
-        "logical_date": "2025-01-02T03:04:05+00:00",
-        "params": {"ranks": [2, 6], "drop_percents": [10, 50], "note": "<script>alert(1)</script>"},
-        "params_hash": "abc123",
-    }
+        ok = c.rank != 6  # rank 6 (explicit + drop 50 %) failed in the writer
+        output = Output(series=series, mode="global", rank=c.rank, choice=c)
+        entries.append(ReportEntry(output, _metrics(noisy, clean, s, V, c.rank, frob) if ok else None))
+    run = RunInfo(dag_id="ct_denoise", run_id="manual__<script>alert(1)</script>", logical_date="2025-01-02T03:04:05+00:00")
     return {
-        "matrix_url": matrix_url, "svd_url": svd_url, "series_url": series_url, "ranks": ranks,
-        "run_info": run_info, "reference_url": reference_url, "noisy": noisy, "s": s, "V": V,
-        "auto_rank": auto["rank"], "threshold": auto["detail"]["threshold"], "frob": frob,
-    }
+        "series": series, "entries": entries, "run": run, "reference_url": reference_url, "noisy": noisy, "s": s,
+        "V": V, "auto_rank": auto.rank, "threshold": auto.auto_rule.threshold, "frob": frob, "choices": choices,
+    }  # fmt: skip
 
 
 def _call(inputs: dict[str, Any], **overrides: Any) -> dict:
-    kwargs = {k: inputs[k] for k in ("matrix_url", "svd_url", "series_url", "ranks", "run_info", "reference_url")}
+    kwargs = {k: inputs[k] for k in ("series", "entries", "run", "reference_url")}
     kwargs.update(overrides)
-    return report.write_report(**kwargs)
+    return report.write_report(kwargs.pop("series"), kwargs.pop("entries"), kwargs.pop("run"), **kwargs)
+
+
+def _series_url(inputs: dict[str, Any]) -> Path:
+    return Path(inputs["series"].series_url)
 
 
 def _img_sources(page: str) -> list[str]:
@@ -150,7 +148,7 @@ def _img_sources(page: str) -> list[str]:
 
 def test_middle_slice_reconstruction_matches_full_product(inputs: dict[str, Any]) -> None:
     A, V = inputs["noisy"], inputs["V"]
-    matrix = matrix_store.open_matrix(inputs["matrix_url"])
+    matrix = matrix_store.open_matrix(inputs["series"].matrix_url)
     original, recon = report.middle_slice_reconstructions(matrix, V, [1, 4, 12], column=5)
     assert sorted(recon) == [1, 4, 12]
     np.testing.assert_allclose(original, A[:, 5], atol=1e-3)  # stored as float32
@@ -165,33 +163,33 @@ def test_report_json_and_self_contained_html(inputs: dict[str, Any]) -> None:
     from PIL import Image
 
     summary = _call(inputs)
-    series = Path(inputs["series_url"])
+    series = _series_url(inputs)
     on_disk = json.loads((series / "report.json").read_text())
     assert on_disk == summary
     assert on_disk["series_instance_uid"] == SERIES_UID
     assert on_disk["study_instance_uid"] == STUDY_UID
     auto = inputs["auto_rank"]
-    assert [r["rank"] for r in on_disk["ranks"]] == sorted({2, 6, 11, auto})  # duplicate merged
+    assert [r["rank"] for r in on_disk["ranks"]] == sorted({2, 6, 11, auto})
     by_rank = {r["rank"]: r for r in on_disk["ranks"]}
-    assert [r["rule"] for r in by_rank[auto]["rules"]] == ["gavish_donoho", "explicit"]
+    assert [r["rule"] for r in by_rank[auto]["rules"]] == ["gavish_donoho"]
     assert [r["rule"] for r in by_rank[6]["rules"]] == ["explicit", "drop_percent"]
     assert on_disk["auto_rank"] == auto
     assert on_disk["gavish_donoho"]["threshold"] == pytest.approx(inputs["threshold"])
     assert on_disk["failed_ranks"] == [6]
     assert by_rank[6]["status"] == "failed" and by_rank[6]["metrics"] is None
-    assert by_rank[2]["metrics"]["psnr_db_denoised"] == pytest.approx(inputs["ranks"][0]["metrics"]["psnr_db_denoised"])
+    assert by_rank[2]["metrics"]["psnr_db_denoised"] == pytest.approx(inputs["entries"][0].metrics["psnr_db_denoised"])
     s, frob = inputs["s"], inputs["frob"]
     assert by_rank[2]["retained_energy"] == pytest.approx(np.sum(s[:2] ** 2) / frob**2)
-    assert on_disk["params_hash"] == "abc123" and on_disk["params"]["ranks"] == [2, 6]
+    assert on_disk["params_hash"] == inputs["series"].params_hash and on_disk["params"]["ranks"] == [2, 6]
     assert on_disk["svd"]["method"] == "exact" and on_disk["svd"]["timings"]["gram"] == 0.01
-    assert on_disk["run"]["run_id"] == inputs["run_info"]["run_id"]
+    assert on_disk["run"]["run_id"] == inputs["run"].run_id
     assert on_disk["versions"]["numpy"] == np.__version__  # computed when run_info has none
     assert on_disk["middle_slice"] == {"column": SLICES // 2, "position_mm": 2.5 * (SLICES // 2)}
 
     page = (series / "report.html").read_text()
     assert SERIES_UID in page
     assert "Thorax &lt;low dose&gt; &amp; &#34;test&#34;" in page  # description escaped
-    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # the run id, escaped
     assert not re.search(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', page, re.I), "no external resources"
     assert "@import" not in page and "url(" not in page
     assert f"{inputs['threshold']:.6g}" in page and "drop 50 %" in page
@@ -209,7 +207,7 @@ def test_report_json_and_self_contained_html(inputs: dict[str, Any]) -> None:
     labels = [f"Rank {r}</b>" for r in sorted({2, 6, 11, auto})]
     assert [page.index(label) for label in labels] == sorted(page.index(label) for label in labels)
     # The metrics table shows the writer's input -> denoised pairs.
-    m2 = inputs["ranks"][0]["metrics"]
+    m2 = inputs["entries"][0].metrics
     assert f"{m2['psnr_db_input']:.4g} → {m2['psnr_db_denoised']:.4g}" in page
 
 
@@ -222,11 +220,11 @@ def test_report_is_deterministic_and_json_written_last(inputs: dict[str, Any], m
         real(url, data, storage_options)
 
     monkeypatch.setattr(report.storage, "write_bytes", recording)
-    run_info = {**inputs["run_info"], "versions": {"ctdenoise": "0.1.0"}}
-    _call(inputs, run_info=run_info)
-    series = Path(inputs["series_url"])
+    run = inputs["run"].model_copy(update={"versions": {"ctdenoise": "0.1.0"}})
+    _call(inputs, run=run)
+    series = _series_url(inputs)
     first = {name: (series / name).read_bytes() for name in ("report.html", "report.json")}
-    _call(inputs, run_info=run_info)
+    _call(inputs, run=run)
     assert written == ["report.html", "report.json"] * 2
     assert {name: (series / name).read_bytes() for name in first} == first
     assert json.loads(first["report.json"])["versions"] == {"ctdenoise": "0.1.0"}
@@ -234,35 +232,36 @@ def test_report_is_deterministic_and_json_written_last(inputs: dict[str, Any], m
 
 
 def test_report_without_reference_or_threshold(inputs: dict[str, Any]) -> None:
-    ranks = [{"rank": 2, "rules": ["explicit"], "output_url": None, "metrics": {"rank": 2, "noise_std_hu_input": 30.0,
-                                                                                  "noise_std_hu_denoised": 12.5}},
-             {"rank": 5, "rule": "drop_percent", "detail": {"percent": 60.0}, "metrics": None}]
-    summary = _call(inputs, ranks=ranks, reference_url=None)
+    from ctdenoise.records import RankChoice, RuleDetail
+
+    series = inputs["series"]
+    explicit = RankChoice(rank=2, rules=(RuleDetail(rule="explicit"),))
+    drop = RankChoice(rank=5, rules=(RuleDetail(rule="drop_percent", percent=60.0),))
+    entries = [ReportEntry(Output(series=series, mode="global", rank=2, choice=explicit),
+                           {"rank": 2, "noise_std_hu_input": 30.0, "noise_std_hu_denoised": 12.5}),
+               ReportEntry(Output(series=series, mode="global", rank=5, choice=drop), None)]  # fmt: skip
+    summary = _call(inputs, entries=entries, reference_url=None)
     assert summary["auto_rank"] is None and summary["gavish_donoho"] is None
     assert summary["source"]["reference_url"] is None
     assert summary["ranks"][1]["rules"] == [{"rule": "drop_percent", "percent": 60.0}]
-    page = Path(inputs["series_url"], "report.html").read_text()
+    page = (_series_url(inputs) / "report.html").read_text()
     assert "PSNR" not in page and "30 → 12.5" in page and "drop 60 %" in page
     assert "Reference</b>" not in page
     assert len(_img_sources(page)) == 1 + 3 * 2 + 2
 
 
-def test_report_accepts_the_dag_plan_item_shape(inputs: dict[str, Any]) -> None:
-    """The DAG's plan items carry rule names with one merged detail: the threshold still reaches the plot."""
+def test_every_rule_keeps_its_own_detail_from_selection_to_report(inputs: dict[str, Any]) -> None:
+    """A rank several rules chose keeps each rule's detail (the threshold reaches the plot, each
+    drop percent its own count): the rank rule stays a typed object from selection to report."""
     from ctdenoise.ranks import select_ranks
 
-    s, shape = inputs["s"], inputs["noisy"].shape
+    s, shape, series = inputs["s"], inputs["noisy"].shape, inputs["series"]
     auto = inputs["auto_rank"]
     same_as_auto = 100.0 * (SLICES - auto) / SLICES + 0.01  # drops SLICES - auto values: keeps the GD rank
     choices = select_ranks(s, shape, ranks=[auto], drop_percents=[50, same_as_auto], frobenius_norm=inputs["frob"])
     assert [len(c.rules) for c in choices if c.rank == auto] == [3]
-    ranks = []
-    for c in choices:  # the shape of ctdenoise.orchestration.batch's plan items
-        detail = {k: v for rule in c.as_dict()["rules"] for k, v in rule.items() if k != "rule"}
-        names = [rule["rule"] for rule in c.as_dict()["rules"]]
-        ranks.append({"rank": c.rank, "rules": names, "detail": detail, "output_url": None, "metrics": {"rank": c.rank}})
-    assert all(isinstance(name, str) for r in ranks for name in r["rules"])
-    summary = _call(inputs, ranks=ranks, run_info={**inputs["run_info"], "source_url": "s3://scans/patient-1/"})
+    entries = [ReportEntry(Output(series=series, mode="global", rank=c.rank, choice=c), {"rank": c.rank}) for c in choices]
+    summary = _call(inputs, entries=entries)
     assert summary["auto_rank"] == inputs["auto_rank"]
     assert summary["gavish_donoho"]["threshold"] == pytest.approx(inputs["threshold"])
     assert summary["gavish_donoho"]["rule"] == "gavish_donoho" and "percent" not in summary["gavish_donoho"]
@@ -272,27 +271,33 @@ def test_report_accepts_the_dag_plan_item_shape(inputs: dict[str, Any]) -> None:
         auto: {"rule": "drop_percent", "percent": same_as_auto, "dropped": SLICES - auto},
     }
     assert summary["source"]["source_url"] == "s3://scans/patient-1/"
-    page = Path(inputs["series_url"], "report.html").read_text()
+    page = (_series_url(inputs) / "report.html").read_text()
     assert "s3://scans/patient-1/" in page and "drop 50 %" in page
 
 
 def test_report_rejects_bad_inputs(inputs: dict[str, Any], tmp_path: Path) -> None:
-    with pytest.raises(ParameterError, match="at least one rank"):
-        _call(inputs, ranks=[])
+    with pytest.raises(ParameterError, match="at least one output"):
+        _call(inputs, entries=[])
+    with pytest.raises(ParameterError, match="listed twice"):
+        _call(inputs, entries=inputs["entries"] + inputs["entries"][:1])
     other = str(tmp_path / "other.zarr")
     matrix_store.write_matrix(np.zeros((ROWS * COLUMNS, SLICES + 1)), _matrix_attrs(), other)
     with pytest.raises(InputError, match="other.zarr"):
         _call(inputs, reference_url=other)
+    elsewhere = make_series(tmp_path / "elsewhere", {"modes": ["global"]})
+    matrix_store.write_matrix(np.zeros((ROWS * COLUMNS, SLICES + 1)), _matrix_attrs(), elsewhere.matrix_url)
+    matrix_store.write_svd(elsewhere.svd_url, inputs["s"], inputs["V"], {"matrix_shape": [ROWS * COLUMNS, SLICES]})
     with pytest.raises(InputError, match="slices"):
-        _call(inputs, matrix_url=other, reference_url=None)
-    assert not Path(inputs["series_url"], "report.json").exists()
+        _call(inputs, series=elsewhere, reference_url=None)
+    assert not (_series_url(inputs) / "report.json").exists()
 
 
 def test_report_on_s3(inputs: dict[str, Any], s3_bucket: str) -> None:
     from ctdenoise import storage
 
-    url = f"s3://{s3_bucket}/denoised/{SERIES_UID}"
-    summary = _call(inputs, series_url=url)
+    on_s3 = inputs["series"].model_copy(update={"denoised_url": f"s3://{s3_bucket}/denoised"})
+    url = on_s3.series_url
+    summary = _call(inputs, series=on_s3)
     assert json.loads(storage.read_bytes(f"{url}/report.json")) == summary
     assert storage.read_bytes(f"{url}/report.html").startswith(b"<!DOCTYPE html>")
 
@@ -334,7 +339,7 @@ def test_report_renders_in_headless_chromium(inputs: dict[str, Any], tmp_path: P
     from PIL import Image
 
     _call(inputs)
-    page_path = Path(inputs["series_url"], "report.html")
+    page_path = _series_url(inputs) / "report.html"
     page = page_path.read_text()
     n_img = len(re.findall(r"<img\b", page))
 

@@ -180,7 +180,8 @@ def test_reads_and_publishes_on_s3(case: PhantomCase, s3_bucket: str) -> None:
 
 @pytest.fixture(scope="module")
 def local_out(case: PhantomCase, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
-    from ctdenoise.local_lowrank import LocalParams, local_numpy
+    from ctdenoise.local_group import local_numpy
+    from ctdenoise.params import LocalParams
 
     root = tmp_path_factory.mktemp("local")
     local_url = local_numpy(case.matrix_url, str(root / "local.zarr"), LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0)))["local"]
@@ -211,8 +212,8 @@ def test_local_mode_uids_differ_from_the_global_ranks(local_out: tuple[Path, dic
 @pytest.mark.parametrize("change", [{"inplane": "none"}, {"inplane_strength": 2.0}, {"weights": "uniform"}])
 def test_local_mode_uids_differ_between_settings(case: PhantomCase, local_out: tuple[Path, dict, str], tmp_path: Path, change: dict) -> None:
     """Another setting gives other pixels, so it must not reuse the series (and SOP) UIDs."""
-    from ctdenoise.local_lowrank import local_numpy
-    from ctdenoise.local_params import LocalParams
+    from ctdenoise.local_group import local_numpy
+    from ctdenoise.params import LocalParams
 
     params = LocalParams(tile=8, stride=4, multipliers=(0.5, 1.0), **change)
     other_url = local_numpy(case.matrix_url, str(tmp_path / "other.zarr"), params)["local"]

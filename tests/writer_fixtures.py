@@ -40,7 +40,7 @@ class PhantomCase:
 
 
 def _written_url(records: list[dict]) -> str:
-    written = [r for r in records if r["status"] == "written"]
+    written = [r.to_xcom() for r in records if r.status == "written"]
     assert len(written) == 1, records
     return written[0]["url"]
 

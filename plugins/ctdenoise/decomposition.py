@@ -507,52 +507,14 @@ def decompose(
     chosen, reason = choose_method(shape, rank, oversample, power_iters, method)
     log.info("%s: %dx%d, rank %d, method %s (%s)", source, m, n, rank, chosen, reason)
     timings = timings if timings is not None else Timings()
-    extra: dict[str, Any] = {}
     if chosen == "exact":
-        with timings.stage("gram_pass"):
-            G, sumsq = runner.gram()
-        with timings.stage("driver_eigh"), _small_problem_threads(n):
-            frob2 = float(sumsq)
-            s, V = svd_from_gram(G)
-            error = exact_error_estimate(s, rank, n, frob2)
-        extra.update(
-            error_estimate_kind="weyl_bound_float64_gram",
-            spectrum="full",
-            sketch_width=None,
-        )
+        s, V, frob2, error, extra = _exact(runner, n, rank, timings)
     else:
-        l = sketch_width(shape, rank, oversample)
-        W = gaussian_test_matrix(n, l, seed)
-        s_prev: np.ndarray | None = None
-        frob2 = 0.0
-        for it in range(power_iters + 1):
-            with timings.stage(f"pass_{it}"):
-                YtY, AtY, sumsq = runner.sketch(W, it == 0)
-            with timings.stage("driver_small"), _small_problem_threads(n):
-                if it == 0:
-                    frob2 = float(sumsq)
-                Bt, s_all, V_all = _ritz(YtY, AtY)
-                if it < power_iters:
-                    s_prev = s_all
-                    # Re-orthonormalize on the small side (Householder QR); keep l columns even
-                    # when Y lost rank (an exactly low-rank A): pad with fresh random directions.
-                    if Bt.shape[1] < l:
-                        Bt = np.concatenate([Bt, gaussian_test_matrix(n, l - Bt.shape[1], seed + 1 + it)], axis=1)
-                    W, _ = np.linalg.qr(Bt)
-        with timings.stage("driver_small"), _small_problem_threads(n):
-            ritz_sumsq = float(np.sum(s_all**2))
-            V = complete_basis(fix_signs(V_all[:, :rank]), rank, seed)
-            s = np.zeros(rank)
-            s[: min(rank, len(s_all))] = s_all[:rank]
-            error, kind, residual = stochastic_error_estimate(s_all, s_prev, rank, frob2, ritz_sumsq, float32_data)
-        extra.update(error_estimate_kind=kind, spectrum="top", sketch_width=l, sketch_residual=residual)
+        s, V, frob2, error, extra = _stochastic(runner, shape, rank, oversample, power_iters, seed, float32_data, timings)
     U = None
     if with_u:
         with timings.stage("project_u"):
-            Vk = V[:, :rank]
-            sk = s[:rank]
-            inv = np.divide(1.0, sk, out=np.zeros_like(sk), where=sk > sk[0] * EPS64 * max(m, n)) if sk[0] > 0 else np.zeros_like(sk)
-            U = runner.project(Vk * inv)
+            U = runner.project(V[:, :rank] * _safe_inverse(s[:rank], max(m, n)))
     attrs: dict[str, Any] = {
         "rank": int(len(s)),
         "requested_rank": int(rank),
@@ -568,6 +530,58 @@ def decompose(
         **extra,
     }
     return SvdResult(s=np.asarray(s, dtype=np.float64), V=np.asarray(V, dtype=np.float64), U=U, attrs=attrs)
+
+
+def _safe_inverse(sk: np.ndarray, size: int) -> np.ndarray:
+    """``1 / s`` for the singular values above the rounding floor, 0 for the others (so ``U = A V / s``
+    has no infinite column for an exactly low-rank matrix)."""
+    if sk.size == 0 or sk[0] <= 0:
+        return np.zeros_like(sk)
+    return np.divide(1.0, sk, out=np.zeros_like(sk), where=sk > sk[0] * EPS64 * size)
+
+
+def _exact(runner: BlockRunner, n: int, rank: int, timings: Timings) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, Any]]:
+    """``(s, V, ||A||_F^2, error estimate, attrs)`` from one Gram pass and the driver's ``eigh``."""
+    with timings.stage("gram_pass"):
+        G, sumsq = runner.gram()
+    with timings.stage("driver_eigh"), _small_problem_threads(n):
+        frob2 = float(sumsq)
+        s, V = svd_from_gram(G)
+        error = exact_error_estimate(s, rank, n, frob2)
+    return s, V, frob2, error, {"error_estimate_kind": "weyl_bound_float64_gram", "spectrum": "full", "sketch_width": None}
+
+
+def _stochastic(
+    runner: BlockRunner, shape: Sequence[int], rank: int, oversample: int, power_iters: int, seed: int,
+    float32_data: bool, timings: Timings,
+) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, Any]]:  # fmt: skip
+    """``(s, V, ||A||_F^2, error estimate, attrs)`` by Halko-Martinsson-Tropp: ``q + 1`` fused passes."""
+    n = int(shape[1])
+    l = sketch_width(shape, rank, oversample)
+    W = gaussian_test_matrix(n, l, seed)
+    s_prev: np.ndarray | None = None
+    frob2 = 0.0
+    for it in range(power_iters + 1):
+        with timings.stage(f"pass_{it}"):
+            YtY, AtY, sumsq = runner.sketch(W, it == 0)
+        with timings.stage("driver_small"), _small_problem_threads(n):
+            if it == 0:
+                frob2 = float(sumsq)
+            Bt, s_all, V_all = _ritz(YtY, AtY)
+            if it < power_iters:
+                s_prev = s_all
+                # Re-orthonormalize on the small side (Householder QR); keep l columns even
+                # when Y lost rank (an exactly low-rank A): pad with fresh random directions.
+                if Bt.shape[1] < l:
+                    Bt = np.concatenate([Bt, gaussian_test_matrix(n, l - Bt.shape[1], seed + 1 + it)], axis=1)
+                W, _ = np.linalg.qr(Bt)
+    with timings.stage("driver_small"), _small_problem_threads(n):
+        ritz_sumsq = float(np.sum(s_all**2))
+        V = complete_basis(fix_signs(V_all[:, :rank]), rank, seed)
+        s = np.zeros(rank)
+        s[: min(rank, len(s_all))] = s_all[:rank]
+        error, kind, residual = stochastic_error_estimate(s_all, s_prev, rank, frob2, ritz_sumsq, float32_data)
+    return s, V, frob2, error, {"error_estimate_kind": kind, "spectrum": "top", "sketch_width": l, "sketch_residual": residual}
 
 
 # --------------------------------------------------------------------------------------------

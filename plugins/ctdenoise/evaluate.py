@@ -21,12 +21,13 @@ def load_volume(dicom_dir: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """``(volume (slices, rows, columns) in HU, matrix attributes)`` of the one CT series in a folder."""
     from ctdenoise.convert import convert
     from ctdenoise.matrix_store import open_matrix
+    from ctdenoise.records import Written
 
     with storage.staging_dir("ctdenoise-eval-") as tmp:
-        written = [r for r in convert(str(dicom_dir), str(tmp)) if r.get("status") == "written"]
+        written = [r for r in convert(str(dicom_dir), str(tmp)) if isinstance(r, Written)]
         if len(written) != 1:
             raise InputError(f"{dicom_dir}: expected one CT series, found {len(written)}")
-        arr = open_matrix(written[0]["url"])
+        arr = open_matrix(written[0].url)
         attrs = dict(arr.attrs)
         volume = np.asarray(arr[...]).T.reshape(attrs["slices"], attrs["rows"], attrs["columns"])
     return volume, attrs

@@ -269,16 +269,7 @@ def denoise_rows(
             L = (left[i, ..., :r_i] * weights[i][:, None, None, None]).astype(np.float32)
             est = est_buf[: t * (hi - lo) * tile_c * n].reshape(t, (hi - lo) * tile_c, n)
             np.matmul(L.reshape(t, (hi - lo) * tile_c, r_i), right[:, :r_i], out=est)
-            est = est.reshape(t, hi - lo, tile_c, n)
-            for members, c_first in classes:  # adjacent, non-overlapping tiles: one add per class
-                k = len(members)
-                sel = slice(members[0], members[-1] + 1, members[1] - members[0] if k > 1 else 1)
-                view = acc[i, rs, c_first : c_first + k * tile_c].reshape(hi - lo, k, tile_c, n)
-                if not np.may_share_memory(view, acc):  # splitting one sliced axis is always a view
-                    raise RuntimeError("accumulator reshape copied: the tiles would be lost")
-                view += est[sel].transpose(1, 0, 2, 3)
-                wview = wsum[i, rs, c_first : c_first + k * tile_c].reshape(hi - lo, k, tile_c)
-                wview += weights[i, sel][None, :, None]
+            _accumulate(acc[i, rs], wsum[i, rs], est.reshape(t, hi - lo, tile_c, n), weights[i], classes, tile_c)
         if report_start <= r0 < report_stop:
             for j, c0 in enumerate(col_starts):
                 stats.starts.append((r0, c0))
@@ -289,6 +280,23 @@ def denoise_rows(
         acc *= column_scale.astype(np.float32)
     D = acc.reshape(n_mult, height * columns, n)
     return D, stats
+
+
+def _accumulate(acc: np.ndarray, wsum: np.ndarray, est: np.ndarray, weights: np.ndarray,
+                classes: list[tuple[list[int], int]], tile_c: int) -> None:  # fmt: skip
+    """Add the weighted tile estimates ``est`` (tiles, rows, tile columns, slices) of one tile row
+    into the band's accumulator ``acc`` (rows, columns, slices) and their weights into ``wsum``:
+    adjacent, non-overlapping tiles (one class of :func:`_disjoint_classes`) in one strided add."""
+    height, n = est.shape[1], est.shape[3]
+    for members, c_first in classes:
+        k = len(members)
+        sel = slice(members[0], members[-1] + 1, members[1] - members[0] if k > 1 else 1)
+        view = acc[:, c_first : c_first + k * tile_c].reshape(height, k, tile_c, n)
+        if not np.may_share_memory(view, acc):  # splitting one sliced axis is always a view
+            raise RuntimeError("accumulator reshape copied: the tiles would be lost")
+        view += est[sel].transpose(1, 0, 2, 3)
+        wview = wsum[:, c_first : c_first + k * tile_c].reshape(height, k, tile_c)
+        wview += weights[sel][None, :, None]
 
 
 def band_input_rows(row_start: int, row_stop: int, rows: int, params: LocalParams) -> tuple[int, int, int, int]:

@@ -247,8 +247,8 @@ def test_pod_arguments_drive_the_pod_entry_point(
     manifest, _ = pods[task_id]
     base = next(c for c in manifest["spec"]["containers"] if c["name"] == "base")
     series = sample_series()
-    written = {"status": "written", "series_instance_uid": series["series_instance_uid"], "url": series["matrix_url"]}
-    record = {**written, "slices": 64} if task_id == "convert" else {"rank": 20, "retained_energy": 0.99}
+    written = sample_converted(series)["matrix"]
+    record = written if task_id == "convert" else {"rank": 20, "retained_energy": 0.99}
     ran: list[list[str]] = []
     monkeypatch.setattr(podrun, "run_command", lambda command: (ran.append(list(command)) or (0, [record])))
     xcom = tmp_path / "return.json"
@@ -258,9 +258,9 @@ def test_pod_arguments_drive_the_pod_entry_point(
     assert ran == [base["args"][split + 1 :]]
     result = json.loads(xcom.read_text())
     if task_id == "convert":
-        assert result["series"] == series
+        assert result["series"] == series and result["matrix"] == written
     else:
-        assert result["rank"] == 20 and result["folder"] == "scan-a" and result["metrics"] == record
+        assert result["output"]["rank"] == 20 and result["output"]["series"]["folder"] == "scan-a" and result["metrics"] == record
 
 
 def _finished_pod(exit_code: int) -> Any:

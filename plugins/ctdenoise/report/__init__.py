@@ -18,7 +18,7 @@ from ctdenoise.errors import InputError, ParameterError
 from ctdenoise.params import Mode
 from ctdenoise.records import Output, Reconstructed, Series, SeriesReport
 from ctdenoise.report.entries import ReportEntry, RunInfo
-from ctdenoise.report.numbers import installed_versions, middle_slice_reconstructions, retained_energy
+from ctdenoise.report.values import installed_versions, middle_slice_reconstructions, retained_energy
 
 __all__ = ["ReportEntry", "RunInfo", "installed_versions", "middle_slice_reconstructions", "publish_report",
            "retained_energy", "write_report"]  # fmt: skip

@@ -11,7 +11,7 @@ from ctdenoise.records import Output, Record, RuleDetail
 
 class RunInfo(Record):
     """The Airflow run (or the caller) that produced the outputs; ``versions`` default to the
-    installed ones (:func:`ctdenoise.report.numbers.installed_versions`)."""
+    installed ones (:func:`ctdenoise.report.values.installed_versions`)."""
 
     dag_id: str | None = None
     run_id: str | None = None

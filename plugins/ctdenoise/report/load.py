@@ -18,7 +18,7 @@ from ctdenoise import matrix_store
 from ctdenoise.errors import InputError
 from ctdenoise.params import LocalParams, Inplane
 from ctdenoise.records import Series
-from ctdenoise.report.numbers import local_middle_slices, middle_slice_reconstructions
+from ctdenoise.report.values import local_middle_slices, middle_slice_reconstructions
 
 
 @dataclass

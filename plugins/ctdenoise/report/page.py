@@ -19,7 +19,7 @@ from ctdenoise.records import Series
 from ctdenoise.report.entries import ReportEntry, RunInfo
 from ctdenoise.report.figures import local_maps_png, png_data_uri, preview_tiles, scree_png, windows
 from ctdenoise.report.load import SeriesData
-from ctdenoise.report.numbers import json_safe
+from ctdenoise.report.values import json_safe
 
 TEMPLATE = "template.html"
 #: Displayed size of a preview tile (CSS px); the PNG keeps the native matrix so zooming shows noise.

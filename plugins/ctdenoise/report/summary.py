@@ -9,7 +9,7 @@ from ctdenoise import layout
 from ctdenoise.records import Series
 from ctdenoise.report.entries import ReportEntry, RunInfo
 from ctdenoise.report.load import SeriesData
-from ctdenoise.report.numbers import json_safe, retained_energy
+from ctdenoise.report.values import json_safe, retained_energy
 
 SVD_KEYS = ("method", "method_reason", "oversample", "power_iters", "seed", "matrix_shape", "frobenius_norm", "error_estimate")
 LOCAL_KEYS = ("tile", "stride", "shrinkage", "weights", "multipliers", "inplane")
