@@ -217,7 +217,7 @@ def test_cli_bad_inputs_exit_nonzero_without_traceback(tmp_path: Path) -> None:
     cases = _bad_series(src)
     (src / "notes.txt").write_text("not DICOM")
     proc = _cli(str(src), str(tmp_path / "dst"))
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr  # bad input: a pod fails at once instead of retrying
     assert "Traceback" not in proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     failed = {r["series_instance_uid"]: r["file"] for r in records if r["status"] == "failed"}

@@ -1,8 +1,9 @@
 """The ``ctdenoise`` console script: the same commands run in pods, Airflow tasks and by hand.
 
-Expected problems (:class:`ctdenoise.errors.CtDenoiseError`) print one line on stderr and exit
-with status 2; results are printed as JSON lines on stdout so that callers (the DAG, XCom
-sidecars, shell pipelines) can parse them.
+Failures print one ``error:`` line on stderr and exit with the status of their kind
+(:mod:`ctdenoise.errors`: 2 bad input or parameters, 3 a partial conversion, 75 transient, 1 a
+bug); results are printed as JSON lines on stdout so that callers (the DAG, XCom sidecars, shell
+pipelines) can parse them.
 """
 
 from __future__ import annotations
@@ -32,17 +33,21 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    """Exit 0 when every CT series converted, 3 (partial) when some did and others were refused,
+    2 when none could be (the refusals are input errors, named one per line)."""
     from ctdenoise.convert import convert
-    from ctdenoise.records import Written
+    from ctdenoise.errors import EXIT_INPUT, EXIT_OK, EXIT_PARTIAL
+    from ctdenoise.records import Failed, Written
 
-    written = 0
+    written = failed = 0
     for outcome in convert(args.src, args.dst):
         _emit(outcome.to_xcom())
         written += isinstance(outcome, Written)
+        failed += isinstance(outcome, Failed)
     if written == 0:
         print(f"error: no CT series could be converted from {args.src}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_INPUT
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 def cmd_svd(args: argparse.Namespace) -> int:
@@ -140,7 +145,9 @@ class _OneLineFormatter(logging.Formatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ctdenoise.errors import CtDenoiseError
+    """Run one command; a failure prints one ``error:`` line and exits with its kind's status
+    (:mod:`ctdenoise.errors`: 2 input, 75 transient, 1 a bug, whose traceback ``-v`` shows)."""
+    from ctdenoise.errors import Failure, classify, exit_code, one_line
 
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
@@ -149,12 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         return args.func(args)
-    except CtDenoiseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        kind = classify(exc)
+        if kind == Failure.BUG or args.verbose:
+            logging.getLogger("ctdenoise.cli").debug("%s failed", args.command, exc_info=True)
+        print(f"error: {one_line(exc)}" + (" (transient: retry later)" if kind == Failure.TRANSIENT else ""), file=sys.stderr)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

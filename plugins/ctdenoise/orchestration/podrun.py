@@ -10,8 +10,9 @@ so the downstream tasks read one format whichever runtime produced it::
     python -m ctdenoise.orchestration.podrun convert --task '<series JSON>' -- ctdenoise convert SRC DST
     python -m ctdenoise.orchestration.podrun reconstruct --task '<plan item JSON>' -- ctdenoise reconstruct ...
 
-Exit status: the command's own (1 or 2 for its failures), 2 if its output does not hold the
-expected result (e.g. the folder's series failed to convert while another one succeeded).
+Exit status: the command's own (:mod:`ctdenoise.errors`: 2 input, 75 transient, 1 a bug), 2 if
+its output does not hold the expected result (the folder's series failed to convert while
+another one succeeded: the command's partial status 3 is not a failure by itself).
 Runs in the worker image: standard library and the ctdenoise package only, no Airflow.
 """
 
@@ -71,16 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no command after '--'")
     task = json.loads(args.task)
 
-    code, records = run_command(command)
-    if code != 0:
-        return code
-    from ctdenoise.errors import CtDenoiseError
+    from ctdenoise.errors import EXIT_INPUT, EXIT_OK, EXIT_PARTIAL, CtDenoiseError
 
+    code, records = run_command(command)
+    if code not in (EXIT_OK, EXIT_PARTIAL):  # partial: other series of the folder failed; is ours there?
+        return code
     try:
         result = build_result(args.kind, task, records)
     except CtDenoiseError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     xcom = Path(args.xcom)
     if xcom.parent.is_dir():
         xcom.write_text(json.dumps(result))
