@@ -14,7 +14,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from convert_fixtures import ct_series, ct_small_path, pixel_data_offset, truncate, write_slices
-from ctdenoise.dicom_series import header_json, list_series, read_hu, scan_series, skip_reason
+from ctdenoise.dicom_series import header_json, read_hu, scan_series, skip_reason
 from ctdenoise.geometry import SeriesInputError
 
 
@@ -90,22 +90,6 @@ def test_scan_groups_slices_by_series(tmp_path: Path) -> None:
     assert {uid: len(h) for uid, h in series.items()} == {"1.2.3.1": 3, "1.2.3.2": 2}
     assert [h.name for h in series["1.2.3.2"]] == ["b/IM0000.dcm", "b/IM0001.dcm"]
     assert [h.sop_instance_uid for h in series["1.2.3.1"]] == [s.sop_instance_uid for s in a]
-
-
-def test_list_series_is_json_able(tmp_path: Path) -> None:
-    write_slices(tmp_path / "a", ct_series(3, series_uid="1.2.3.1", rows=16, columns=8))
-    (tmp_path / "note.txt").write_text("x")
-    listing = list_series(str(tmp_path))
-    assert json.loads(json.dumps(listing)) == [
-        {
-            "series_instance_uid": "1.2.3.1",
-            "study_instance_uid": str(pydicom.dcmread(ct_small_path()).StudyInstanceUID),
-            "slices": 3,
-            "rows": 16,
-            "columns": 8,
-            "first_file": str(tmp_path / "a" / "IM0000.dcm"),
-        }
-    ]
 
 
 def test_scan_of_missing_source_is_an_input_error(tmp_path: Path) -> None:

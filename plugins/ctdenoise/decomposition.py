@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("auto", "exact", "stochastic")
 #: Above this many columns the n x n Gram matrix and its eigendecomposition stop being cheap
-#: (4096 columns: 134 MB and a few seconds of eigh); ``auto`` switches to the stochastic path.
+#: (4096 columns: a 134 MB matrix on the driver); ``auto`` switches to the stochastic path.
 EXACT_MAX_COLUMNS = 4096
 MAX_POWER_ITERS = 50
 EPS64 = float(np.finfo(np.float64).eps)
@@ -232,7 +232,7 @@ def sketch_kernel(blocks: Iterable[np.ndarray], W: np.ndarray, with_norm: bool =
 
 
 def _sum_of_squares(block: np.ndarray, rows: int = 1024) -> float:
-    """``||block||_F^2`` summed in float64, cast a cache-sized slab at a time (3x faster than
+    """``||block||_F^2`` summed in float64, cast a cache-sized slab at a time (faster than
     casting the whole block)."""
     total = 0.0
     for start in range(0, block.shape[0], rows):

@@ -187,22 +187,6 @@ def scan_series(
     return series, skipped
 
 
-def list_series(src: str, storage_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """JSON-able summary of the CT series under ``src`` (for the DAG's XCom): no pixels read."""
-    series, _ = scan_series(src, storage_options)
-    return [
-        {
-            "series_instance_uid": uid,
-            "study_instance_uid": str(headers[0].dataset.get("StudyInstanceUID", "") or ""),
-            "slices": len(headers),
-            "rows": headers[0].geometry.rows,
-            "columns": headers[0].geometry.columns,
-            "first_file": headers[0].url,
-        }
-        for uid, headers in series.items()
-    ]
-
-
 def read_hu(header: SliceHeader, storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
     """Pixel data of one slice in Hounsfield units, float32, shape (Rows, Columns).
 

@@ -122,8 +122,8 @@ def noise_std_hu(image: np.ndarray, window: int = 7) -> float:
 def slice_noise_level(image: np.ndarray) -> float | None:
     """A noise level for comparing the slices of one series (HU, or None without enough tissue).
 
-    :func:`noise_std_hu` of the image decimated 2x: a quarter of the cost (~3 ms a 512 x 512
-    slice instead of ~50), cheap enough for the conversion of every slice. Decimation changes
+    :func:`noise_std_hu` of the image decimated 2x: a quarter of the pixels, cheap enough for the
+    conversion of every slice. Decimation changes
     the noise texture the same way in every slice of a series, so the ratios between slices,
     which is what the local mode uses (``ctdenoise.local_lowrank``), are kept; the absolute value
     reads lower than :func:`noise_std_hu` of the full image.
