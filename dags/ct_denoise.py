@@ -103,7 +103,7 @@ def discover_series(params: dict | None = None, logical_date=None) -> list[dict]
 
 
 @task(task_id="plan_ranks", trigger_rule=GOOD_SERIES_GO_ON, execution_timeout=timedelta(minutes=30))
-def plan_ranks(converted) -> list[dict]:  # noqa: ANN001 (the mapped convert's XComs)
+def plan_ranks(converted, ti=None) -> list[dict]:  # noqa: ANN001 (the mapped convert's XComs)
     from ctdenoise.errors import InputError
     from ctdenoise.orchestration import aws
     from ctdenoise.plan import plan
@@ -111,10 +111,11 @@ def plan_ranks(converted) -> list[dict]:  # noqa: ANN001 (the mapped convert's X
 
     # A slice reads every pushed XCom in one request (iterating would probe one past the end).
     series = [Converted.from_xcom(c) for c in (converted[:] if converted else []) if c]
-    items, left_out = plan(series, aws.storage_options(settings.aws_conn_id))
-    if not items:
-        raise InputError("no series has a usable decomposition: " + "; ".join(s["reason"] for s in left_out))
-    return [i.to_xcom() for i in items]
+    planned = plan(series, aws.storage_options(settings.aws_conn_id))
+    ti.xcom_push(key="omitted", value=[o.to_xcom() for o in planned.omitted])  # the report states why
+    if not planned.items:
+        raise InputError("no series has a usable decomposition: " + "; ".join(s["reason"] for s in planned.left_out))
+    return [i.to_xcom() for i in planned.items]
 
 
 @task(
@@ -125,14 +126,15 @@ def plan_ranks(converted) -> list[dict]:  # noqa: ANN001 (the mapped convert's X
 )
 def report(series: dict, dag_run=None, ti=None) -> dict:  # noqa: ANN001
     from ctdenoise.orchestration import aws
-    from ctdenoise.records import Output, Reconstructed, Series
+    from ctdenoise.records import Omitted, Output, Reconstructed, Series
     from ctdenoise.report import RunInfo, publish_report
 
     run = RunInfo(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
                   logical_date=dag_run.logical_date.isoformat() if dag_run.logical_date else None)  # fmt: skip
     planned = [Output.from_xcom(o) for o in as_list(ti.xcom_pull(task_ids="plan_ranks"))]
+    omitted = [Omitted.from_xcom(o) for o in as_list(ti.xcom_pull(task_ids="plan_ranks", key="omitted"))]
     results = [Reconstructed.from_xcom(r) for r in as_list(ti.xcom_pull(task_ids="reconstruct"))]
-    done = publish_report(Series.from_xcom(series), planned, results, run, aws.storage_options(settings.aws_conn_id))
+    done = publish_report(Series.from_xcom(series), planned, results, run, aws.storage_options(settings.aws_conn_id), omitted)
     return done.to_xcom()
 
 

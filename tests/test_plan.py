@@ -49,10 +49,25 @@ def test_plan_leaves_out_series_without_svd(tmp_path: Path, converted_series: Co
     other = series_for(tmp_path, {"modes": ["global"]}, uid="4.5.6", folder="scan-z")
     missing = Converted(series=other, matrix=Written(series_instance_uid="4.5.6", url=other.matrix_url, rows=16,
                                                      columns=16, slices=6, ordering="normal", seconds=0))  # fmt: skip
-    items, left_out = plan([converted_series, missing])
-    assert [(i.series.folder, i.rank) for i in items] == [("scan-a", 2), ("scan-a", 4)]
-    assert [i.choice.labels for i in items] == [["explicit"], ["explicit"]]
-    assert left_out[0]["folder"] == "scan-z" and "no SVD" in left_out[0]["reason"]
+    planned = plan([converted_series, missing])
+    assert [(i.series.folder, i.rank) for i in planned.items] == [("scan-a", 2), ("scan-a", 4)]
+    assert [i.choice.labels for i in planned.items] == [["explicit"], ["explicit"]]
+    assert planned.left_out[0]["folder"] == "scan-z" and "no SVD" in planned.left_out[0]["reason"]
+    assert planned.omitted == []
+
+
+def test_a_rank_that_reproduces_the_input_is_omitted_with_the_reason(tmp_path: Path) -> None:
+    """The seed's rule at 0.1 % of 6 slices keeps all 6: that output would equal the input."""
+    converted = converted_for(tmp_path, {"modes": ["global"], "ranks": [2], "drop_percents": [0.1, 50], "auto_rank": False})
+    planned = plan([converted])
+    assert [i.rank for i in planned.items] == [2, 3]
+    (omitted,) = planned.omitted
+    assert omitted.label == "scan-a rank=6" and omitted.reason == "rank 6 of 6 keeps every component: it reproduces the input"
+    assert [r.rule for r in omitted.choice.rules] == ["drop_percent"]
+    done = publish_report(converted.series, planned.items, results_for(planned.items), RUN, omitted=planned.omitted)
+    report = json.loads(storage.read_bytes(done.report_json))
+    assert report["omitted"] == [{"output": "scan-a rank=6", "reason": omitted.reason}]
+    assert "rank 6 of 6 keeps every component" in storage.read_bytes(done.report_html).decode()
 
 
 def test_plan_refuses_an_svd_of_another_matrix(tmp_path: Path, converted_series: Converted) -> None:

@@ -4,18 +4,24 @@ The global mode's ranks come from the series' spectrum (the SVD group) and the r
 (:func:`ctdenoise.ranks.select_ranks`); the local mode gives one output per threshold multiplier
 of its group. A series whose decomposition is missing or stale (computed from another matrix)
 is left out with the reason, so the others go on.
+
+A rank that keeps every component (rank n of a series of n slices, which the seed's drop-percent
+rule chooses for small percents) gives back the input exactly: it is not worth a task, a DICOM
+series in the PACS and a preview, so it is omitted with that reason (:class:`Omitted`), which the
+plan's log and the series' report state. The rule stays available for the ranks it chooses below.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ctdenoise import storage
 from ctdenoise.errors import InputError
 from ctdenoise.params import Mode, multiplier_label
-from ctdenoise.records import Converted, Output, TileSummary
+from ctdenoise.records import Converted, Omitted, Output, TileSummary
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +32,13 @@ def plan_series(converted: Converted, storage_options: Mapping[str, Any] | None 
     Raises :class:`InputError` if the series has no usable SVD or local group (dssvd failed or
     left a stale one).
     """
+    return [o for o in planned_outputs(converted, storage_options) if isinstance(o, Output)]
+
+
+def planned_outputs(converted: Converted, storage_options: Mapping[str, Any] | None = None) -> list[Output | Omitted]:
+    """:func:`plan_series` with the outputs it leaves out, and why."""
     series = converted.series
-    items: list[Output] = []
+    items: list[Output | Omitted] = []
     if series.svd_url:
         items += _plan_global(converted, storage_options)
     if series.local_url:
@@ -60,7 +71,7 @@ def _plan_local(converted: Converted, storage_options: Mapping[str, Any] | None)
     return outputs
 
 
-def _plan_global(converted: Converted, storage_options: Mapping[str, Any] | None) -> list[Output]:
+def _plan_global(converted: Converted, storage_options: Mapping[str, Any] | None) -> list[Output | Omitted]:
     from ctdenoise.matrix_store import read_svd
     from ctdenoise.ranks import select_ranks
 
@@ -77,17 +88,37 @@ def _plan_global(converted: Converted, storage_options: Mapping[str, Any] | None
     if not explicit and not rules.drop_percents and not rules.auto_rank:
         raise InputError(f"series folder {series.folder}: every explicit rank exceeds its {k} singular values")
     choices = select_ranks(s, shape, explicit, rules.drop_percents, rules.auto_rank, attrs.get("frobenius_norm"))
-    return [Output(series=series, mode=Mode.GLOBAL, rank=c.rank, choice=c) for c in choices]
+    full = min(shape)
+    return [
+        Omitted(series=series, label=f"{series.folder} rank={c.rank}", choice=c,
+                reason=f"rank {c.rank} of {full} keeps every component: it reproduces the input")  # fmt: skip
+        if c.rank >= full
+        else Output(series=series, mode=Mode.GLOBAL, rank=c.rank, choice=c)
+        for c in choices
+    ]
 
 
-def plan(converted: Iterable[Converted], storage_options: Mapping[str, Any] | None = None) -> tuple[list[Output], list[dict[str, str]]]:
-    """``(every series' outputs, series left out with the reason)``."""
-    items: list[Output] = []
-    left_out: list[dict[str, str]] = []
+def plan(converted: Iterable[Converted], storage_options: Mapping[str, Any] | None = None) -> Plan:
+    """Every series' outputs, the outputs omitted and the series left out, each with the reason."""
+    result = Plan()
     for one in converted:
         try:
-            items.extend(plan_series(one, storage_options))
+            planned = planned_outputs(one, storage_options)
         except (InputError, FileNotFoundError) as exc:
             log.error("%s", exc)
-            left_out.append({"folder": one.series.folder, "reason": str(exc)})
-    return items, left_out
+            result.left_out.append({"folder": one.series.folder, "reason": str(exc)})
+            continue
+        result.items += [o for o in planned if isinstance(o, Output)]
+        for omitted in (o for o in planned if isinstance(o, Omitted)):
+            log.info("%s: not reconstructed: %s", omitted.label, omitted.reason)
+            result.omitted.append(omitted)
+    return result
+
+
+@dataclass
+class Plan:
+    """What ``plan_ranks`` decided for a run."""
+
+    items: list[Output] = field(default_factory=list)
+    omitted: list[Omitted] = field(default_factory=list)
+    left_out: list[dict[str, str]] = field(default_factory=list)

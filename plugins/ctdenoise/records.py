@@ -275,6 +275,15 @@ class Output(Record):
         return ["reconstruct", self.series.matrix_url, self.store_url, self.output_url, *which]
 
 
+class Omitted(Record):
+    """An output the plan leaves out, and why (e.g. a rank that reproduces the input)."""
+
+    series: Series
+    label: str
+    reason: str
+    choice: RankChoice | None = None
+
+
 class Reconstructed(Record):
     """A published output and its metrics (``metrics.json``, see :func:`ctdenoise.writer.reconstruct`)."""
 

@@ -128,8 +128,9 @@ def test_good_values_give_the_expected_fan_out(
     write_spectrum(tmp_path, series, (4096, 20))
     matrix = Written(series_instance_uid=series.series_instance_uid, url=series.matrix_url, rows=64, columns=64, slices=20,
                      ordering="normal", seconds=0)  # fmt: skip
-    items, left_out = plan([Converted(series=series, matrix=matrix)], storage_options={})
-    assert left_out == []
+    planned = plan([Converted(series=series, matrix=matrix)], storage_options={})
+    items = planned.items
+    assert planned.left_out == [] and planned.omitted == []
     assert {i.rank: [r.rule for r in i.choice.rules] for i in items} == expected
     assert [i.label for i in items] == [f"scan-a rank={r}" for r in sorted(expected)]
     assert all(i.output_url == f"{series.series_url}/rank-{i.rank}" for i in items)

@@ -16,7 +16,7 @@ from typing import Any
 from ctdenoise import layout, storage
 from ctdenoise.errors import InputError, ParameterError
 from ctdenoise.params import Mode
-from ctdenoise.records import Output, Reconstructed, Series, SeriesReport
+from ctdenoise.records import Omitted, Output, Reconstructed, Series, SeriesReport
 from ctdenoise.report.entries import ReportEntry, RunInfo
 from ctdenoise.report.values import installed_versions, middle_slice_reconstructions, retained_energy
 
@@ -31,12 +31,14 @@ def write_report(
     *,
     reference_url: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    omitted: Sequence[Omitted] = (),
 ) -> dict[str, Any]:
     """Write ``report.html`` then ``report.json`` in the series' folder; return the summary.
 
     ``entries`` are the series' outputs (global ranks, local multipliers), each with its metrics
-    or None when its writer failed. ``reference_url``: an optional reference matrix (e.g. the
-    noise-free series) whose middle slice is shown beside the original. Raises
+    or None when its writer failed; ``omitted`` the outputs the plan left out, with why.
+    ``reference_url``: an optional reference matrix (e.g. the noise-free series) whose middle
+    slice is shown beside the original. Raises
     :class:`ParameterError` for no or duplicate outputs and :class:`InputError` when the stores
     do not fit together.
     """
@@ -48,6 +50,7 @@ def write_report(
     data = load(series, [e.rank for e in ranks], reference_url, storage_options)
     versions = dict(run.versions or installed_versions())
     summary = build_summary(series, data, ranks, local, run, versions, reference_url)
+    summary["omitted"] = [{"output": o.label, "reason": o.reason} for o in omitted if o.series.folder == series.folder]
     page = render_page(series, data, summary, ranks, local, run, reference_url)
     storage.write_bytes(layout.report_html(series.series_url), page.encode("utf-8"), storage_options)
     payload = json.dumps(summary, sort_keys=True, indent=2, allow_nan=False) + "\n"
@@ -75,6 +78,7 @@ def publish_report(
     results: Iterable[Reconstructed],
     run: RunInfo,
     storage_options: Mapping[str, Any] | None = None,
+    omitted: Sequence[Omitted] = (),
 ) -> SeriesReport:
     """Publish the report of one series if all its planned outputs were written; else
     :class:`InputError` naming what is missing (nothing is published then)."""
@@ -87,7 +91,8 @@ def publish_report(
     missing = [o.label for o in mine if o.output_url not in done]
     if missing:
         raise InputError(f"{series.where}: {', '.join(missing)} not reconstructed (see reconstruct); no report published")
-    summary = write_report(series, [ReportEntry(o, done[o.output_url]) for o in mine], run, storage_options=storage_options)
+    entries = [ReportEntry(o, done[o.output_url]) for o in mine]
+    summary = write_report(series, entries, run, storage_options=storage_options, omitted=omitted)
     return SeriesReport(
         folder=series.folder, series_instance_uid=series.series_instance_uid, source_url=series.source_url,
         report_json=layout.report_json(series.series_url), report_html=summary["report_html"],
