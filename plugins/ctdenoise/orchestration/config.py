@@ -42,14 +42,8 @@ class Runtime(StrEnum):
     KUBERNETES = "kubernetes"
 
 
-class PullPolicy(StrEnum):
-    ALWAYS = "Always"
-    IF_NOT_PRESENT = "IfNotPresent"
-    NEVER = "Never"
-
-
 class OnFinish(StrEnum):
-    """What the provider does with a finished pod (``on_finish_action``)."""
+    """What the provider does with a finished pod (its ``on_finish_action``); the Spark operator follows suit."""
 
     DELETE = "delete_pod"
     DELETE_SUCCEEDED = "delete_succeeded_pod"
@@ -63,6 +57,14 @@ class PodResources(BaseModel):
 
     requests: dict[str, str] = Field(default_factory=dict)
     limits: dict[str, str] = Field(default_factory=dict)
+
+
+class PullPolicy(StrEnum):
+    """Kubernetes' imagePullPolicy values."""
+
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
 
 
 # Fields given as JSON in their variable; the Kubernetes model each must match, field by field.
