@@ -43,7 +43,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowSkipException
 
-from ctdenoise.orchestration import config
+from ctdenoise.orchestration import config, pools
 from ctdenoise.orchestration.sensors import SettledUploadSensor
 from ctdenoise.orchestration.trigger import check_params, dag_params
 
@@ -78,6 +78,14 @@ default_args = {
 
 
 # The Airflow-side steps, in the order data flows; convert, dssvd and reconstruct are the runtime's.
+
+
+def check_run_start(context) -> None:  # noqa: ANN001 (the task's context)
+    """Before wait_for_scans waits: the run's cross-field parameter rules, and the pools its
+    tasks will wait in (a missing pool would hold them forever: ``ctdenoise.orchestration.pools``)."""
+    check_params(context)
+    pools.check(settings)
+
 
 
 @task(task_id="discover_series", execution_timeout=timedelta(minutes=30))
@@ -171,7 +179,7 @@ def ct_denoise() -> None:
         poke_interval=settings.poke_interval_seconds,
         timeout=settings.wait_timeout_seconds,
         soft_fail=True,
-        pre_execute=check_params,
+        pre_execute=check_run_start,
     )
     wait_for_settled_upload = SettledUploadSensor(
         task_id="wait_for_settled_upload",

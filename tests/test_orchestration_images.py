@@ -40,6 +40,7 @@ class Dockerfile:
     users: list[str] = field(default_factory=list)
     entrypoint: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)
 
 
 def _expand(text: str, args: dict[str, str]) -> str:
@@ -80,6 +81,8 @@ def parse_dockerfile(path: Path) -> Dockerfile:
             out.users.append(rest.strip())
         elif instruction == "ENTRYPOINT":
             out.entrypoint = json.loads(rest)
+        elif instruction == "RUN":
+            out.runs.append(_expand(rest, out.args))
         elif instruction == "ENV":
             for key, value in re.findall(r"(\w+)=(\S+)", rest):
                 out.env[key] = value
@@ -156,6 +159,59 @@ def test_requirement_files_are_pinned_by_the_tested_resolution() -> None:
         names = [line.split("#")[0].strip() for line in req.read_text().splitlines()]
         for n in filter(None, names):
             assert re.sub(r"[-_.]+", "-", n.lower()) in pinned, f"{req.name}: {n} is not pinned in requirements.txt"
+
+
+DECODING_IMAGES = ("worker", "airflow")
+"""The images that run ``ctdenoise convert``: the pods, and the local runtime's Airflow tasks."""
+
+
+def requirement_names(image: str) -> set[str]:
+    lines = (IMAGES / f"{image}-requirements.in").read_text().splitlines()
+    return {re.sub(r"[-_.]+", "-", line.split("#")[0].strip().lower()) for line in lines} - {""}
+
+
+@pytest.mark.parametrize("image", DECODING_IMAGES)
+def test_images_that_convert_install_every_declared_decoder(image: str) -> None:
+    """ctdenoise.transfer_syntaxes declares the decoders; each converting image installs them and
+    its build fails (``ctdenoise decoders``) if one is unavailable."""
+    from ctdenoise.transfer_syntaxes import distributions
+
+    missing = distributions() - requirement_names(image)
+    assert not missing, f"images/{image}-requirements.in lacks {sorted(missing)} (see ctdenoise.transfer_syntaxes)"
+    df = parse_dockerfile(IMAGES / f"Dockerfile.{image}")
+    assert any("ctdenoise decoders" in run for run in df.runs), f"Dockerfile.{image} does not check its decoders"
+
+
+def test_images_install_what_the_package_imports_at_the_top() -> None:
+    """pyproject's direct dependencies (the models are pydantic) are in every image that installs the package."""
+    for image in ("worker", "spark"):
+        assert {"numpy", "pydantic", "zarr", "s3fs"} <= requirement_names(image), image
+
+
+def test_airflow_image_holds_the_package_the_dag_and_the_job() -> None:
+    """Nothing is mounted over them: the Airflow side runs the ctdenoise built with the Spark image."""
+    from ctdenoise.orchestration.config import load_settings
+
+    df = parse_dockerfile(IMAGES / "Dockerfile.airflow")
+    copies = {c.dest: c.sources for c in df.copies if c.stage is None}
+    assert copies["/opt/ctdenoise/plugins/ctdenoise"] == ["plugins/ctdenoise"]
+    assert copies["/opt/airflow/dags/ct_denoise.py"] == ["dags/ct_denoise.py"]
+    application = load_settings({}).with_application(Path("/opt/airflow/dags")).spark_application
+    assert copies[application] == ["spark/dssvd.py"]
+    assert any("pip install" in run and "--no-deps /opt/ctdenoise" in run for run in df.runs)
+
+
+def test_default_images_carry_a_registry_and_the_package_version() -> None:
+    from ctdenoise import __version__
+    from ctdenoise.orchestration.config import load_settings
+
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"] == __version__
+    settings = load_settings({})
+    for kind in ("worker", "spark"):
+        image = settings.image(kind)
+        registry = image.split("/")[0]
+        assert "." in registry or ":" in registry, f"{image}: no registry host (an implicit docker.io)"
+        assert image.endswith(f"/ctdenoise-{kind}:{__version__}") and settings.pull_policy(image) == "IfNotPresent"
 
 
 def test_worker_runs_the_ctdenoise_console_script_as_the_pods_user() -> None:

@@ -71,3 +71,19 @@ def test_runs_the_real_cli(tmp_path: Path) -> None:
     command = [cli, "convert", str(tmp_path / "nothing"), str(tmp_path / "out")]
     code = podrun.main(["convert", "--task", json.dumps(SERIES), "--xcom", str(xcom), "--", *command])
     assert code == 2 and not xcom.exists()
+
+
+def test_every_exit_status_of_the_command_reaches_the_pod(tmp_path: Path) -> None:
+    """One classification (ctdenoise.errors): 2 input and 75 transient and 1 a bug pass through;
+    3 (a partial conversion) becomes 0 when this series was written, 2 when it was refused."""
+    from ctdenoise.errors import EXIT_BUG, EXIT_INPUT, EXIT_PARTIAL, EXIT_TRANSIENT
+
+    ours, other = written_record("1.2.3", ONE.matrix_url, 9), written_record("9.9", "elsewhere", 3)
+    failed = {"status": "failed", "series_instance_uid": "1.2.3", "file": "x.dcm", "reason": "inconsistent rows"}
+    cases = [(fake_cli(code=EXIT_BUG), EXIT_BUG), (fake_cli(code=EXIT_INPUT), EXIT_INPUT),
+             (fake_cli(code=EXIT_TRANSIENT), EXIT_TRANSIENT), (fake_cli(ours, failed | {"series_instance_uid": "7.7"},
+             code=EXIT_PARTIAL), 0), (fake_cli(other, failed, code=EXIT_PARTIAL), EXIT_INPUT)]  # fmt: skip
+    for i, (command, expected) in enumerate(cases):
+        xcom = tmp_path / f"{i}.json"
+        assert podrun.main(["convert", "--task", json.dumps(SERIES), "--xcom", str(xcom), "--", *command]) == expected, command
+        assert xcom.exists() == (expected == 0)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
+from k8s_schemas import restricted_violations, sparkapplication_schema
 
 from ctdenoise.errors import ParameterError
 from ctdenoise.job import DssvdJob
@@ -13,7 +13,6 @@ from ctdenoise.orchestration.config import load_settings
 from ctdenoise.orchestration.sparkapp import application_name, spark_application
 
 REPO = Path(__file__).resolve().parent.parent
-CRD = REPO.parent / "shared" / "schemas" / "sparkoperator.k8s.io_sparkapplications.yaml"
 
 SETTINGS = load_settings({"CT_DENOISE_NAMESPACE": "ctdenoise", "CT_DENOISE_SPARK_IMAGE": "registry.example/ctdenoise:0.1.0",
                           "CT_DENOISE_S3_SECRET": "ctdenoise-minio"})  # fmt: skip
@@ -21,39 +20,9 @@ JOB = DssvdJob(matrix="s3://ctdenoise/matrices/1.2.840.10008.zarr", out="s3://ct
 NAME = "dssvd-1-2-840-10008"
 
 
-def _strict(schema: dict) -> dict:
-    """The CRD schema with unknown fields rejected: Kubernetes would silently prune them, so a
-    misspelt field in the template would be lost without this."""
-    schema = copy.deepcopy(schema)
-
-    def walk(node):
-        if isinstance(node, dict):
-            if (
-                node.get("type") == "object"
-                and "properties" in node
-                and "additionalProperties" not in node
-                and not node.get("x-kubernetes-preserve-unknown-fields")
-            ):
-                node["additionalProperties"] = False
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(schema)
-    return schema
-
-
 @pytest.fixture(scope="module")
 def crd_schema() -> dict:
-    if not CRD.exists():
-        pytest.skip(f"SparkApplication CRD not found at {CRD} (the shared/ folder beside the repo is absent)")
-    import yaml
-
-    crd = yaml.safe_load(CRD.read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta2")
-    return _strict(version["schema"]["openAPIV3Schema"])
+    return sparkapplication_schema()
 
 
 def test_rendered_manifest_is_valid_against_the_crd(crd_schema):
@@ -68,6 +37,7 @@ def test_rendered_manifest_is_valid_against_the_crd(crd_schema):
         "namespace": "ctdenoise",
         "labels": {"app.kubernetes.io/name": "ctdenoise", "app.kubernetes.io/component": "dssvd", "series": "abc"},
     }
+    assert spec_of(manifest)["imagePullPolicy"] == "IfNotPresent"  # a version tag: never re-pulled
     spec = manifest["spec"]
     assert spec["type"] == "Python" and spec["mode"] == "cluster" and spec["pythonVersion"] == "3"
     assert spec["mainApplicationFile"] == "local:///opt/ctdenoise/spark/dssvd.py"
@@ -83,14 +53,101 @@ def test_rendered_manifest_is_valid_against_the_crd(crd_schema):
     assert spec["executor"]["instances"] == SETTINGS.spark_executor_instances
     assert spec["executor"]["cores"] == SETTINGS.spark_executor_cores
     assert spec["driver"]["memory"] == SETTINGS.spark_driver_memory and spec["driver"]["serviceAccount"] == SETTINGS.spark_service_account
+    assert spec["executor"]["serviceAccount"] == SETTINGS.spark_executor_service_account != SETTINGS.spark_service_account
 
 
-def test_the_strict_schema_rejects_a_misspelt_field(crd_schema):
+def spec_of(manifest: dict) -> dict:
+    return manifest["spec"]
+
+
+def test_the_application_never_restarts_itself(crd_schema):
+    """Airflow owns the retries: a SparkApplication retrying on its own would fight the provider,
+    which fails the task and deletes the application on the first driver failure."""
+    spec = spark_application(JOB, SETTINGS, NAME)["spec"]
+    assert spec["restartPolicy"] == {"type": "Never"}
+    assert spec["timeToLiveSeconds"] == SETTINGS.spark_ttl_seconds
+
+
+@pytest.mark.parametrize("role", ["driver", "executor"])
+def test_spark_pods_pass_the_restricted_pod_security_level(role):
+    """The driver and executor pods as the operator's webhook builds them from the spec."""
+    part = spark_application(JOB, SETTINGS, NAME)["spec"][role]
+    pod = {
+        "serviceAccountName": part["serviceAccount"],
+        "securityContext": part["podSecurityContext"],
+        "containers": [{"name": f"spark-kubernetes-{role}", "securityContext": part["securityContext"]}],
+        "volumes": [{"name": "spark-local-dir-1", "emptyDir": {}}, {"name": "spark-conf-volume-driver", "configMap": {"name": "c"}}],
+    }
+    assert restricted_violations(pod) == []
+
+
+def test_the_restricted_check_is_real():
+    part = spark_application(JOB, SETTINGS, NAME)["spec"]["driver"]
+    part["podSecurityContext"].pop("seccompProfile")
+    part["securityContext"].pop("seccompProfile")
+    pod = {"securityContext": part["podSecurityContext"], "containers": [{"name": "d", "securityContext": part["securityContext"]}]}
+    assert restricted_violations(pod) == ["d: seccompProfile must be RuntimeDefault or Localhost"]
+
+
+def test_cluster_settings_reach_the_application(crd_schema):
+    """Pull secrets, placement, limits, overheads, labels and Spark properties, each from its setting."""
+    import jsonschema
+
+    settings = load_settings({
+        "CT_DENOISE_IMAGE_PULL_SECRETS": "registry-a,registry-b",
+        "CT_DENOISE_SPARK_NODE_SELECTOR": '{"pool": "spark"}',
+        "CT_DENOISE_SPARK_TOLERATIONS": '[{"key": "spark", "operator": "Exists", "effect": "NoSchedule"}]',
+        "CT_DENOISE_SPARK_AFFINITY": '{"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": '
+                                     '[{"matchExpressions": [{"key": "arch", "operator": "In", "values": ["amd64"]}]}]}}}',
+        "CT_DENOISE_SPARK_PRIORITY_CLASS": "batch-low",
+        "CT_DENOISE_SPARK_EXECUTOR_CORE_LIMIT": "1200m",
+        "CT_DENOISE_SPARK_DRIVER_MEMORY_OVERHEAD": "512m",
+        "CT_DENOISE_SPARK_LABELS": '{"team": "imaging"}',
+        "CT_DENOISE_SPARK_CONF": '{"spark.kubernetes.executor.deleteOnTermination": "false"}',
+        "CT_DENOISE_SPARK_TTL_SECONDS": "600",
+    })  # fmt: skip
+    manifest = spark_application(JOB, settings, NAME)
+    jsonschema.validate(manifest, crd_schema)
+    spec = manifest["spec"]
+    assert spec["imagePullSecrets"] == ["registry-a", "registry-b"]  # the CRD's form: names
+    assert spec["timeToLiveSeconds"] == 600 and manifest["metadata"]["labels"]["team"] == "imaging"
+    assert spec["sparkConf"]["spark.kubernetes.executor.deleteOnTermination"] == "false"
+    assert spec["sparkConf"]["spark.executorEnv.OMP_NUM_THREADS"] == "1"  # the base properties stay
+    for role in ("driver", "executor"):
+        assert spec[role]["nodeSelector"] == {"pool": "spark"} and spec[role]["priorityClassName"] == "batch-low"
+        assert spec[role]["tolerations"][0]["key"] == "spark" and "nodeAffinity" in spec[role]["affinity"]
+        assert spec[role]["labels"]["team"] == "imaging"
+    assert spec["executor"]["coreLimit"] == "1200m" and "coreLimit" not in spec["driver"]
+    assert spec["driver"]["memoryOverhead"] == "512m" and "memoryOverhead" not in spec["executor"]
+
+
+def test_without_an_s3_secret_the_pods_use_their_service_accounts(crd_schema):
+    """IRSA / workload identity: no secret, no envFrom; the executors' own service account carries the role."""
+    import jsonschema
+
+    manifest = spark_application(JOB, load_settings({"CT_DENOISE_S3_SECRET": "none"}), NAME)
+    jsonschema.validate(manifest, crd_schema)
+    for role in ("driver", "executor"):
+        assert "envFrom" not in manifest["spec"][role]
+    assert manifest["spec"]["executor"]["serviceAccount"] == "ct-denoise-spark-executor"
+
+
+def test_a_moving_tag_is_always_pulled():
+    manifest = spark_application(JOB, load_settings({"CT_DENOISE_SPARK_IMAGE": "registry.example/ctdenoise-spark:main"}), NAME)
+    assert manifest["spec"]["imagePullPolicy"] == "Always"
+
+
+@pytest.mark.parametrize(("path", "field"), [(("spec", "driver"), "coress"), (("spec",), "timeToLiveSecond"),
+                                             (("spec", "executor", "podSecurityContext"), "seccompProfil")])  # fmt: skip
+def test_the_strict_schema_rejects_a_misspelt_field(crd_schema, path, field):
     import jsonschema
 
     manifest = spark_application(JOB, SETTINGS, NAME)
-    manifest["spec"]["driver"]["coress"] = 1
-    with pytest.raises(jsonschema.ValidationError, match="coress"):
+    node = manifest
+    for key in path:
+        node = node[key]
+    node[field] = 1
+    with pytest.raises(jsonschema.ValidationError, match=field):
         jsonschema.validate(manifest, crd_schema)
 
 

@@ -84,6 +84,18 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decoders(args: argparse.Namespace) -> int:
+    from ctdenoise.transfer_syntaxes import check
+
+    return check()
+
+
+def cmd_pools(args: argparse.Namespace) -> int:
+    from ctdenoise.orchestration.pools import main
+
+    return main(check_only=args.check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctdenoise", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -130,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--multiplier", type=float, help="local mode: the threshold multiplier")
     p.add_argument("--reference", help="matrix of a reference (e.g. full-dose) series for PSNR/SSIM")
     p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("decoders", help="the supported DICOM transfer syntaxes and whether each is decodable here (exit 1 if not)")
+    p.set_defaults(func=cmd_decoders)
+
+    p = sub.add_parser("pools", help="create or update the DAG's Airflow pools (CT_DENOISE_*_POOL*); needs Airflow's database")
+    p.add_argument("--check", action="store_true", help="only report missing pools (exit 2 if any)")
+    p.set_defaults(func=cmd_pools)
     return parser
 
 

@@ -10,10 +10,10 @@ more than its own series:
 2. :func:`read_hu` reads one file's pixel data when its series is converted and applies the
    modality LUT (RescaleSlope/RescaleIntercept) to get Hounsfield units as float32.
 
-Compressed pixel data is decoded by pydicom's pixel plugins, whichever are installed:
-RLE Lossless (pydicom itself), JPEG 2000 and HTJ2K (pylibjpeg-openjpeg), JPEG-LS (pyjpegls),
-8-bit JPEG baseline/extended (Pillow). JPEG Lossless (Process 14) and 12-bit JPEG extended need
-GDCM or pylibjpeg-libjpeg, which are not dependencies; such files fail with a one-line reason.
+Compressed pixel data is decoded by pydicom's pixel plugins, whichever are installed. The
+syntaxes ctdenoise promises, with the decoder each relies on (JPEG Lossless: GDCM), are declared
+in :mod:`ctdenoise.transfer_syntaxes`; others decode if a plugin happens to be installed, else
+fail with a one-line reason.
 """
 
 from __future__ import annotations
@@ -218,6 +218,9 @@ def read_hu(header: SliceHeader, storage_options: Mapping[str, Any] | None = Non
         stored = ds.pixel_array
     except Exception as exc:  # decoders raise RuntimeError, ValueError, NotImplementedError...
         log.debug("decoding %s", url, exc_info=True)
+        from ctdenoise.transfer_syntaxes import require_decoder
+
+        require_decoder(ds.file_meta.get("TransferSyntaxUID", ""))  # a supported syntax: the image lacks a decoder
         raise fail(f"cannot decode pixel data ({syntax}): {_one_line(exc)}") from None
     rows, columns = int(ds.Rows), int(ds.Columns)
     if stored.shape != (rows, columns):

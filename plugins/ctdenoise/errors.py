@@ -83,3 +83,16 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     if not isinstance(exc, CtDenoiseError | TransientError):
         text = f"{exc.__class__.__name__}: {text}"
     return text[:limit]
+
+
+def failure_of_exit(code: int | None) -> Failure:
+    """The kind of failure a process's exit status reports: the CLI's, a pod's, a Spark driver's.
+
+    :data:`EXIT_INPUT` is input (fail at once); :data:`EXIT_TRANSIENT` and deaths by a signal
+    (128 + N: 137 an OOM kill or eviction, 143 a SIGTERM) are transient; anything else, or no
+    status at all, is a bug (retried, like every failure that is not input)."""
+    if code == EXIT_INPUT:
+        return Failure.INPUT
+    if code == EXIT_TRANSIENT or (code is not None and code > 128):
+        return Failure.TRANSIENT
+    return Failure.BUG

@@ -102,13 +102,15 @@ def probe_dag(
     raise AssertionError(f"DAG probe failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
-def load_dag(runtime: str, monkeypatch: Any) -> Any:
-    """Parse the DAG file in this process with the given runtime; returns the DAG object."""
+def load_dag(runtime: str, monkeypatch: Any, extra_env: dict[str, str] | None = None) -> Any:
+    """Parse the DAG file in this process with the given runtime (and ``CT_DENOISE_*`` settings); the DAG object."""
     from airflow.dag_processing.dagbag import DagBag
 
     for name in [k for k in os.environ if k.startswith("CT_DENOISE_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("CT_DENOISE_RUNTIME", runtime)
+    for name, value in (extra_env or {}).items():
+        monkeypatch.setenv(name, value)
     bag = DagBag(dag_folder=str(DAG_FILE), known_pools={"default_pool"})
     assert not bag.import_errors, bag.import_errors
     return bag.dags[DAG_ID]

@@ -104,11 +104,15 @@ def test_runtimes_differ_only_in_operators(probes: dict[str, dict]) -> None:
     # the provider's KubernetesPodOperator, with exit status 2 of the pod failing at once
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
+    from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
+
     from ctdenoise.orchestration.pods import CtDenoisePodOperator
+    from ctdenoise.orchestration.spark_operator import CtDenoiseSparkOperator
 
     assert kube["convert"]["operator"] == kube["reconstruct"]["operator"] == "CtDenoisePodOperator"
     assert issubclass(CtDenoisePodOperator, KubernetesPodOperator)
-    assert kube["dssvd"]["operator"] == "SparkKubernetesOperator"
+    assert kube["dssvd"]["operator"] == "CtDenoiseSparkOperator"  # reports the application's own error
+    assert issubclass(CtDenoiseSparkOperator, SparkKubernetesOperator)
     assert local["dssvd"]["operator"] == "AwsSparkSubmitOperator"
     assert local["convert"]["operator"] == local["reconstruct"]["operator"] == "_PythonDecoratedOperator"
     assert local["wait_for_scans"]["operator"] == kube["wait_for_scans"]["operator"] == "S3KeySensor"

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from dag_fixtures import load_dag, sample_converted, sample_item, sample_series
+from k8s_schemas import restricted_violations, sparkapplication_schema, validate_object
 
 K8S_SECRET_VALUES = ("testing", "minioadmin")
 
@@ -86,32 +87,95 @@ def pods(kube_dag: Any) -> dict[str, tuple[dict[str, Any], Any]]:
 
 @pytest.mark.parametrize("task_id", ["convert", "reconstruct"])
 def test_pod_is_a_valid_kubernetes_manifest(pods: dict, task_id: str) -> None:
-    import kubernetes_validate
-    from kubernetes_validate.utils import latest_version
-
     manifest, _ = pods[task_id]
-    assert kubernetes_validate.validate(manifest, latest_version(), strict=True)
+    validate_object(manifest)
 
 
 @pytest.mark.parametrize("task_id", ["convert", "reconstruct"])
 def test_pod_is_locked_down(pods: dict, task_id: str) -> None:
     manifest, _ = pods[task_id]
     spec = manifest["spec"]
-    assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["securityContext"]["runAsUser"] != 0
-    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert spec["automountServiceAccountToken"] is False
-    assert spec["activeDeadlineSeconds"] > 0
+    assert restricted_violations(spec) == []
+    assert spec["automountServiceAccountToken"] is False and spec["serviceAccountName"] == "ct-denoise-pods"
+    assert spec["activeDeadlineSeconds"] == 60 * 60
     for container in spec["containers"]:
-        sc = container["securityContext"]
-        assert sc["readOnlyRootFilesystem"] is True, container["name"]
-        assert sc["allowPrivilegeEscalation"] is False, container["name"]
-        assert sc["capabilities"]["drop"] == ["ALL"], container["name"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
     base = next(c for c in spec["containers"] if c["name"] == "base")
-    assert set(base["resources"]["requests"]) == set(base["resources"]["limits"]) == {"cpu", "memory"}
     assert {m["mountPath"] for m in base["volumeMounts"]} >= {"/tmp", "/airflow/xcom"}
     tmp = next(v for v in spec["volumes"] if v["name"] == "tmp")
-    assert "emptyDir" in tmp
+    assert tmp["emptyDir"]["sizeLimit"] == base["resources"]["requests"]["ephemeral-storage"] == "20Gi"
+
+
+@pytest.mark.parametrize("task_id", ["convert", "reconstruct"])
+def test_every_container_has_requests_and_limits(pods: dict, task_id: str) -> None:
+    """A namespace quota that requires limits admits the pod, XCom sidecar included; the sidecar
+    runs the worker image (on the node already: no second registry, no moving tag)."""
+    manifest, _ = pods[task_id]
+    containers = {c["name"]: c for c in manifest["spec"]["containers"]}
+    for container in containers.values():
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"]), container["name"]
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"]), container["name"]
+    assert containers["airflow-xcom-sidecar"]["image"] == containers["base"]["image"]
+    assert containers["base"]["image"] == "registry.example.com/ctdenoise/ctdenoise-worker:0.1.0"
+    assert containers["base"]["imagePullPolicy"] == "IfNotPresent"
+
+
+@pytest.mark.parametrize("task_id", ["convert", "reconstruct"])
+def test_pods_are_operated_like_a_cluster_expects(pods: dict, task_id: str) -> None:
+    """Failure events logged, failed pods kept for inspection, and the wait in the triggerer."""
+    _, op = pods[task_id]
+    assert op.log_events_on_failure is True
+    assert op.on_finish_action.value == "delete_succeeded_pod"
+    assert op.deferrable is True
+    assert op.startup_timeout_seconds == 600 and op.execution_timeout.total_seconds() == 70 * 60
+
+
+CLUSTER_ENV = {
+    "CT_DENOISE_IMAGE_PULL_SECRETS": "registry",
+    "CT_DENOISE_POD_NODE_SELECTOR": '{"pool": "cpu"}',
+    "CT_DENOISE_POD_TOLERATIONS": '[{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}]',
+    "CT_DENOISE_POD_AFFINITY": '{"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, '
+                               '"podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}}',
+    "CT_DENOISE_POD_PRIORITY_CLASS": "batch-low",
+    "CT_DENOISE_CONVERT_RESOURCES": '{"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}',
+    "CT_DENOISE_RECONSTRUCT_RESOURCES": '{"requests": {"cpu": "2", "memory": "6Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}',
+    "CT_DENOISE_POD_TMP_SIZE": "50Gi",
+    "CT_DENOISE_S3_SECRET": "none",
+    "CT_DENOISE_POD_TIMEOUT_MINUTES": "30",
+    "CT_DENOISE_KUBERNETES_DEFERRABLE": "false",
+    "CT_DENOISE_POD_ON_FINISH_ACTION": "delete_pod",
+    "CT_DENOISE_WORKER_IMAGE": "registry.example/ctdenoise-worker@sha256:" + "ab" * 32,
+}
+
+
+@pytest.fixture(scope="module")
+def cluster_pods() -> dict[str, tuple[dict[str, Any], Any]]:
+    mp = pytest.MonkeyPatch()
+    try:
+        dag = load_dag("kubernetes", mp, CLUSTER_ENV)
+        series = sample_series()
+        return {"convert": render_pod(dag, "convert", series), "reconstruct": render_pod(dag, "reconstruct", sample_item(series))}
+    finally:
+        mp.undo()
+
+
+@pytest.mark.parametrize("task_id", ["convert", "reconstruct"])
+def test_cluster_settings_reach_the_pods(cluster_pods: dict, task_id: str) -> None:
+    """Placement, pull secrets, the step's own resources, IRSA (no secret), timeouts and policies."""
+    manifest, op = cluster_pods[task_id]
+    validate_object(manifest)
+    spec = manifest["spec"]
+    assert restricted_violations(spec) == []
+    assert spec["nodeSelector"] == {"pool": "cpu"} and spec["priorityClassName"] == "batch-low"
+    assert spec["tolerations"] == [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "podAntiAffinity" in spec["affinity"] and spec["imagePullSecrets"] == [{"name": "registry"}]
+    base = next(c for c in spec["containers"] if c["name"] == "base")
+    expected = {"convert": ("500m", "2Gi"), "reconstruct": ("2", "8Gi")}[task_id]
+    assert (base["resources"]["requests"]["cpu"], base["resources"]["limits"]["memory"]) == expected
+    assert base["resources"]["requests"]["ephemeral-storage"] == "50Gi" and not base.get("envFrom")
+    assert base["imagePullPolicy"] == "IfNotPresent" and "@sha256:" in base["image"]
+    assert spec["activeDeadlineSeconds"] == 30 * 60
+    assert op.deferrable is False and op.on_finish_action.value == "delete_pod"
 
 
 @pytest.mark.parametrize("task_id", ["convert", "reconstruct"])
@@ -152,36 +216,62 @@ def test_reconstruct_pod_runs_ctdenoise_reconstruct(pods: dict) -> None:
     assert manifest["metadata"]["labels"]["app.kubernetes.io/component"] == "reconstruct"
 
 
+def submitted_body(op: Any, context: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The SparkApplication the operator would create: its own set-up (task labels, name, env)
+    run offline, the launcher's body captured instead of sent."""
+    seen: dict[str, Any] = {}
+
+    def capture(self: Any, launcher: Any, context: Any) -> Any:
+        seen["body"] = launcher.body
+        return types.SimpleNamespace(metadata=types.SimpleNamespace(name=launcher.body["metadata"]["name"] + "-driver"))
+
+    monkeypatch.setattr(type(op), "find_spark_job", lambda self, context, exclude_checked=True: None)
+    monkeypatch.setattr(type(op), "get_or_create_spark_crd", capture)
+    op.__dict__.update(client=None, custom_obj_api=None)  # cached properties: no cluster here
+    op.name = op.create_job_name()
+    op._setup_spark_configuration(context)
+    return json.loads(json.dumps(seen["body"], default=str))
+
+
+PROVIDER_ADDED = "labels"
+"""The provider adds the task's labels as ``spec.labels``, a field the CRD does not have (the API
+server prunes it; it copies them to driver and executor labels too, which the CRD has)."""
+
+
 @pytest.fixture(scope="module")
 def spark_application(kube_dag: Any) -> tuple[dict[str, Any], Any]:
-    from airflow.providers.cncf.kubernetes.operators.custom_object_launcher import CustomObjectLauncher
-
-    op, _ = unmapped(kube_dag, "dssvd", sample_converted(sample_series(), slices=64))
-    body = CustomObjectLauncher(
-        name=op.create_job_name(), namespace=op.namespace, kube_client=None, custom_obj_api=None, template_body=op.template_body
-    ).body
-    return json.loads(json.dumps(body, default=str)), op
-
-
-def crd_schema(shared_schemas: Path) -> dict[str, Any]:
-    import yaml
-
-    crd = yaml.safe_load((shared_schemas / "sparkoperator.k8s.io_sparkapplications.yaml").read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta2")
-    return version["schema"]["openAPIV3Schema"]
+    mp = pytest.MonkeyPatch()
+    try:
+        op, context = unmapped(kube_dag, "dssvd", sample_converted(sample_series(), slices=64))
+        context["task_instance"] = context["ti"]
+        return submitted_body(op, context, mp), op
+    finally:
+        mp.undo()
 
 
-def test_spark_application_matches_the_operator_crd(spark_application: tuple, shared_schemas: Path) -> None:
+def test_spark_application_matches_the_operator_crd(spark_application: tuple) -> None:
     import jsonschema
 
     body, _ = spark_application
-    schema = crd_schema(shared_schemas)
-    jsonschema.validate(body, schema)
-    # The check is real: a wrong type in the spec is refused.
-    broken = json.loads(json.dumps(body))
-    broken["spec"]["executor"]["instances"] = "two"
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, schema)
+    schema = sparkapplication_schema()
+    spec = dict(body["spec"])
+    assert set(spec.pop(PROVIDER_ADDED)) >= {"dag_id", "task_id", "run_id"}
+    jsonschema.validate({**body, "spec": spec}, schema)
+    # The check is real: a wrong type and a misspelt field are refused.
+    for broken_part in ({"executor": {**spec["executor"], "instances": "two"}}, {"timeToLiveSecond": 60}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**body, "spec": {**spec, **broken_part}}, schema)
+
+
+def test_dssvd_is_operated_like_a_cluster_expects(spark_application: tuple) -> None:
+    from ctdenoise.orchestration.spark_operator import CtDenoiseSparkOperator
+
+    body, op = spark_application
+    assert isinstance(op, CtDenoiseSparkOperator)
+    assert op.log_events_on_failure is True and op.deferrable is True
+    assert op.on_finish_action.value == "delete_succeeded_pod" and op.delete_on_termination is True
+    assert op.startup_timeout_seconds == 900 and op.execution_timeout.total_seconds() == 2 * 3600
+    assert body["spec"]["restartPolicy"] == {"type": "Never"}
 
 
 def test_spark_application_runs_dssvd_on_the_series(spark_application: tuple) -> None:
@@ -194,11 +284,12 @@ def test_spark_application_runs_dssvd_on_the_series(spark_application: tuple) ->
     assert args[args.index("--out") + 1] == series["svd_url"]
     assert args[args.index("--rank") + 1] == "50"  # k=50 <= 64 slices
     assert spec["mainApplicationFile"] == "local:///opt/ctdenoise/spark/dssvd.py"
-    assert spec["image"] == "ctdenoise-spark:0.1.0"
+    assert spec["image"] == "registry.example.com/ctdenoise/ctdenoise-spark:0.1.0"
     assert body["metadata"]["namespace"] == "ct-denoise"
     for role in ("driver", "executor"):
         assert spec[role]["envFrom"] == [{"secretRef": {"name": "ct-denoise-s3"}}]
-        assert spec[role]["podSecurityContext"]["runAsNonRoot"] is True
+        assert spec[role]["podSecurityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec[role]["labels"]["task_id"] == "dssvd"  # the provider finds the driver by these
     assert label_of(op) == "scan-a"
 
 
@@ -274,10 +365,11 @@ def _finished_pod(exit_code: int) -> Any:
                      status=k8s.V1PodStatus(phase="Failed", container_statuses=[status]))  # fmt: skip
 
 
-@pytest.mark.parametrize(("code", "retried"), [(2, False), (1, True), (137, True)])
+@pytest.mark.parametrize(("code", "retried"), [(2, False), (1, True), (75, True), (137, True)])
 def test_a_pod_failing_on_bad_input_is_not_retried(kube_dag: Any, monkeypatch: pytest.MonkeyPatch, code: int, retried: bool) -> None:
     """Exit 2 (ctdenoise's bad input or parameters) fails the task at once, as CtDenoiseError
-    does in the local runtime; a crash or an OOM kill (137) goes through the retries."""
+    does in the local runtime; a bug (1), a transient failure (75) or an OOM kill (137) goes
+    through the retries. (The pod never exits 3: podrun turns a partial conversion into 0 or 2.)"""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from airflow.sdk.exceptions import AirflowException
 
@@ -295,6 +387,8 @@ def test_a_pod_failing_on_bad_input_is_not_retried(kube_dag: Any, monkeypatch: p
         op.cleanup(remote, remote)
     if not retried:
         assert "exited with 2" in str(raised.value) and "scan-a" in str(raised.value)
+    else:
+        assert not isinstance(raised.value, InputError)
     policy = kube_dag.default_args["retry_policy"]
     rule = policy.rules[0]
     assert rule.action.value == "fail" and rule.exception == "ctdenoise.errors.CtDenoiseError"

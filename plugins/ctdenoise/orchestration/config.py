@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from enum import StrEnum
@@ -39,6 +40,39 @@ PREFIX = "CT_DENOISE_"
 class Runtime(StrEnum):
     LOCAL = "local"
     KUBERNETES = "kubernetes"
+
+
+class OnFinish(StrEnum):
+    """What the provider does with a finished pod (its ``on_finish_action``); the Spark operator follows suit."""
+
+    DELETE = "delete_pod"
+    DELETE_SUCCEEDED = "delete_succeeded_pod"
+    KEEP = "keep_pod"
+
+
+class PodResources(BaseModel):
+    """A container's resource requests and limits, as Kubernetes spells them (``cpu``, ``memory``, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
+class PullPolicy(StrEnum):
+    """Kubernetes' imagePullPolicy values."""
+
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+# Fields given as JSON in their variable; the Kubernetes model each must match, field by field.
+_JSON_FIELDS = {"spark_conf": None, "convert_resources": None, "reconstruct_resources": None, "spark_labels": None,
+                "pod_node_selector": None, "spark_node_selector": None, "pod_tolerations": "V1Toleration",
+                "spark_tolerations": "V1Toleration", "pod_affinity": "V1Affinity", "spark_affinity": "V1Affinity"}  # fmt: skip
+_NONE_WORDS = ("none", "null", "manual")
+_VERSION_TAG = re.compile(r":v?\d+(\.\d+)*([-+.][0-9A-Za-z.-]+)?$")
 
 
 class Settings(BaseModel):
@@ -73,25 +107,81 @@ class Settings(BaseModel):
     aws_conn_id: str = Field("aws_default", description="Airflow AWS connection (sensors, and all S3 access of the local runtime)")
     spark_conn_id: str = Field("spark_default", description="Airflow Spark connection of the local runtime (master URL)")
     spark_application: str = Field("", description="path of dssvd.py for spark-submit (empty: spark/dssvd.py beside the DAG folder)")
-    spark_conf: dict[str, str] = Field(default_factory=dict, description="JSON object of extra spark-submit --conf entries (local runtime)")
+    spark_conf: dict[str, str] = Field(default_factory=dict, description="JSON object of extra Spark properties: spark-submit --conf (local runtime), the "
+                                      "SparkApplication's sparkConf (kubernetes)")  # fmt: skip
     kubernetes_conn_id: str = Field("kubernetes_default", description="Airflow Kubernetes connection (kubernetes runtime)")
     namespace: str = Field("ct-denoise", description="namespace of the pods and SparkApplications")
-    worker_image: str = Field("ctdenoise-worker:0.1.0", description="image of convert/reconstruct pods (images/Dockerfile.worker)")
-    spark_image: str = Field("ctdenoise-spark:0.1.0", description="image of the SparkApplication (images/Dockerfile.spark)")
-    image_pull_policy: str = Field("IfNotPresent", description="imagePullPolicy of the pods")
-    s3_secret: str = Field("ct-denoise-s3", description="Kubernetes secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
-                           "(and optionally AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) for pods and Spark")  # fmt: skip
-    service_account: str | None = Field(None, description="service account of convert/reconstruct pods (empty: namespace default)")
-    spark_service_account: str = Field("spark-operator-spark", description="service account of the Spark driver")
-    pod_cpu_request: str = Field("1", description="CPU request of convert/reconstruct pods")
-    pod_cpu_limit: str = Field("2", description="CPU limit of convert/reconstruct pods")
-    pod_memory_request: str = Field("2Gi", description="memory request of convert/reconstruct pods")
-    pod_memory_limit: str = Field("4Gi", description="memory limit of convert/reconstruct pods")
+    # -- kubernetes runtime: images --------------------------------------------------------------
+    image_registry: str = Field("registry.example.com/ctdenoise", description="registry and path of the default images: "
+                                "<registry>/ctdenoise-worker:<version> and <registry>/ctdenoise-spark:<version> (the package's version)")  # fmt: skip
+    worker_image: str | None = Field(None, description="image of convert/reconstruct pods (images/Dockerfile.worker); "
+                                     "empty: the default under CT_DENOISE_IMAGE_REGISTRY")  # fmt: skip
+    spark_image: str | None = Field(None, description="image of the SparkApplication (images/Dockerfile.spark); "
+                                    "empty: the default under CT_DENOISE_IMAGE_REGISTRY")  # fmt: skip
+    image_pull_policy: PullPolicy | None = Field(None, description="imagePullPolicy of pods and Spark; empty: IfNotPresent "
+                                                 "for an image pinned by digest or version tag, Always for any other tag")  # fmt: skip
+    image_pull_secrets: list[str] = Field(default_factory=list, description="names of docker-registry secrets for pods and "
+                                          "Spark (JSON list or comma-separated)")  # fmt: skip
+    # -- kubernetes runtime: identity and S3 ------------------------------------------------------
+    s3_secret: str | None = Field("ct-denoise-s3", description="Kubernetes secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                                  "(and optionally AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) for pods and Spark; 'none': no secret, "
+                                  "S3 access through the service accounts (IRSA, workload identity)")  # fmt: skip
+    service_account: str | None = Field("ct-denoise-pods", description="service account of convert/reconstruct pods "
+                                        "('none': the namespace default); its token is not mounted")  # fmt: skip
+    spark_service_account: str = Field("ct-denoise-spark-driver", description="service account of the Spark driver (creates the executors)")
+    spark_executor_service_account: str = Field("ct-denoise-spark-executor", description="service account of the Spark executors "
+                                                "(no API access, no token; give it the S3 role for IRSA / workload identity)")  # fmt: skip
+    # -- kubernetes runtime: convert and reconstruct pods -----------------------------------------
+    convert_resources: PodResources = Field(
+        default_factory=lambda: PodResources(requests={"cpu": "1", "memory": "2Gi"}, limits={"cpu": "2", "memory": "4Gi"}),
+        description="JSON {requests, limits} of the convert pods' container",
+    )
+    reconstruct_resources: PodResources = Field(
+        default_factory=lambda: PodResources(requests={"cpu": "1", "memory": "2Gi"}, limits={"cpu": "2", "memory": "4Gi"}),
+        description="JSON {requests, limits} of the reconstruct pods' container",
+    )
+    pod_tmp_size: str = Field("20Gi", description="size of the /tmp emptyDir of convert/reconstruct pods (staging), "
+                              "also requested as ephemeral-storage")  # fmt: skip
+    pod_node_selector: dict[str, str] = Field(default_factory=dict, description="JSON nodeSelector of convert/reconstruct pods")
+    pod_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="JSON list of tolerations of convert/reconstruct pods")
+    pod_affinity: dict[str, Any] = Field(default_factory=dict, description="JSON affinity of convert/reconstruct pods")
+    pod_priority_class: str | None = Field(None, description="priorityClassName of convert/reconstruct pods")
+    pod_timeout_minutes: int = Field(60, ge=1, description="activeDeadlineSeconds of a convert/reconstruct pod (its task "
+                                     "times out 10 minutes later)")  # fmt: skip
+    pod_startup_timeout_seconds: int = Field(600, ge=1, description="a pod not running after this long (unschedulable, "
+                                             "image not pulled) fails its task")  # fmt: skip
+    pod_on_finish_action: OnFinish = Field(OnFinish.DELETE_SUCCEEDED, description="what happens to a finished pod or "
+                                           "SparkApplication: delete_succeeded_pod keeps failed ones for inspection "
+                                           "(SparkApplications until CT_DENOISE_SPARK_TTL_SECONDS)")  # fmt: skip
+    kubernetes_deferrable: bool = Field(True, description="convert, reconstruct and dssvd wait in the triggerer, not "
+                                        "in a worker slot (kubernetes runtime)")  # fmt: skip
+    # -- Spark -------------------------------------------------------------------------------------
     spark_driver_cores: int = Field(1, ge=1, description="Spark driver cores")
     spark_driver_memory: str = Field("1g", description="Spark driver memory")
     spark_executor_instances: int = Field(2, ge=1, description="Spark executors per SparkApplication")
     spark_executor_cores: int = Field(1, ge=1, description="cores per Spark executor")
     spark_executor_memory: str = Field("2g", description="memory per Spark executor")
+    spark_driver_core_limit: str | None = Field(None, description="CPU limit of the Spark driver pod (e.g. 1200m)")
+    spark_executor_core_limit: str | None = Field(None, description="CPU limit of a Spark executor pod (e.g. 1200m)")
+    spark_driver_memory_overhead: str | None = Field(None, description="non-heap memory of the Spark driver pod (e.g. 512m)")
+    spark_executor_memory_overhead: str | None = Field(None, description="non-heap memory of a Spark executor pod (e.g. 1g; "
+                                                       "its Python workers live there)")  # fmt: skip
+    spark_labels: dict[str, str] = Field(default_factory=dict, description="JSON labels of the SparkApplications and their pods")
+    spark_node_selector: dict[str, str] = Field(default_factory=dict, description="JSON nodeSelector of Spark driver and executors")
+    spark_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="JSON list of tolerations of Spark driver and executors")
+    spark_affinity: dict[str, Any] = Field(default_factory=dict, description="JSON affinity of Spark driver and executors")
+    spark_priority_class: str | None = Field(None, description="priorityClassName of Spark driver and executors")
+    spark_timeout_minutes: int = Field(120, ge=1, description="a dssvd task (its Spark job) times out after this long")
+    spark_startup_timeout_seconds: int = Field(900, ge=1, description="a SparkApplication whose driver is not running after "
+                                               "this long fails its task")  # fmt: skip
+    spark_ttl_seconds: int = Field(3600, ge=1, description="timeToLiveSeconds: a finished SparkApplication left in place "
+                                   "is deleted after this long")  # fmt: skip
+    # -- pools ---------------------------------------------------------------------------------------
+    spark_pool_slots: int = Field(1, ge=1, description="slots of CT_DENOISE_SPARK_POOL that `ctdenoise pools` creates")
+    pod_pool_slots: int = Field(4, ge=1, description="slots of CT_DENOISE_POD_POOL that `ctdenoise pools` creates")
+    check_pools: bool | None = Field(None, description="fail a run at its start, naming the pool, when `ctdenoise pools` has "
+                                     "not created a pool the DAG uses (its tasks would wait forever); empty: on in the "
+                                     "kubernetes runtime")  # fmt: skip
 
     @field_validator("schedule", mode="before")
     @classmethod
@@ -124,17 +214,48 @@ class Settings(BaseModel):
             raise ValueError("not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
         return value
 
-    @field_validator("spark_conf", mode="before")
+    @field_validator(*_JSON_FIELDS, mode="before")
     @classmethod
-    def _json_object(cls, value: Any) -> Any:
+    def _json(cls, value: Any) -> Any:
         if isinstance(value, str):
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not JSON: {exc}") from None
+        return value
+
+    @field_validator("spark_conf", mode="before")
+    @classmethod
+    def _spark_properties(cls, value: Any) -> Any:
+        value = cls._json(value)  # "before" validators run last-defined first
         if not isinstance(value, dict):
             raise ValueError("must be a JSON object of Spark properties")
         return {str(k): str(v) for k, v in value.items()}
+
+    @field_validator("pod_tolerations", "spark_tolerations", "pod_affinity", "spark_affinity")
+    @classmethod
+    def _kubernetes_model(cls, value: Any, info: Any) -> Any:
+        kind = _JSON_FIELDS[info.field_name]
+        for item in value if isinstance(value, list) else [value] if value else []:
+            _check_kubernetes_model(item, kind)
+        return value
+
+    @field_validator("s3_secret", "service_account", mode="before")
+    @classmethod
+    def _none_word(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in _NONE_WORDS else value
+
+    @field_validator("image_pull_secrets", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("image_pull_policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        return {p.value.lower(): p.value for p in PullPolicy}.get(value.strip().lower(), value) if isinstance(value, str) else value
 
     # -- bucket layout -------------------------------------------------------------------------
 
@@ -166,12 +287,59 @@ class Settings(BaseModel):
     def start_datetime(self) -> datetime:
         return datetime.combine(self.start_date, datetime.min.time(), tzinfo=ZoneInfo(self.timezone))
 
+    # -- kubernetes runtime -----------------------------------------------------------------------
+
+    def image(self, kind: str) -> str:
+        """The image of ``worker`` pods or of ``spark`` applications: the setting, or
+        ``<image_registry>/ctdenoise-<kind>:<package version>`` (one version for every image)."""
+        from ctdenoise import __version__
+
+        chosen = {"worker": self.worker_image, "spark": self.spark_image}[kind]
+        return chosen or f"{self.image_registry.rstrip('/')}/ctdenoise-{kind}:{__version__}"
+
+    def pull_policy(self, image: str) -> str:
+        """``image_pull_policy``, or IfNotPresent for an image pinned by digest or version tag
+        (it never changes under that name) and Always for any other tag (``latest``, ``main``...)."""
+        if self.image_pull_policy is not None:
+            return self.image_pull_policy.value
+        pinned = "@sha256:" in image or bool(_VERSION_TAG.search(image))
+        return (PullPolicy.IF_NOT_PRESENT if pinned else PullPolicy.ALWAYS).value
+
+    def pools_checked(self) -> bool:
+        """Whether a run checks its pools at the start (``check_pools``; default: kubernetes runtime)."""
+        return self.runtime == Runtime.KUBERNETES if self.check_pools is None else self.check_pools
+
     def with_application(self, dags_folder: Path) -> Self:
         """These settings with the spark-submit application resolved: ``spark/dssvd.py`` beside the
         DAG folder of a source checkout unless ``CT_DENOISE_SPARK_APPLICATION`` names one."""
         if self.spark_application:
             return self
         return self.model_copy(update={"spark_application": str(Path(dags_folder).resolve().parent / "spark" / "dssvd.py")})
+
+
+def _check_kubernetes_model(value: Any, kind: str) -> None:
+    """Refuse a ``kind`` (e.g. ``V1Toleration``) with a field Kubernetes does not know: the
+    provider deserializes these dicts with the Kubernetes client, which drops unknown keys
+    silently (a misspelt ``tolerationSeconds`` would vanish)."""
+    from kubernetes.client import ApiClient
+
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a JSON object ({kind[2:]})")
+    client = ApiClient()
+    back = client.sanitize_for_serialization(client._ApiClient__deserialize(value, kind))  # the provider's own conversion
+    unknown = _unknown_keys(value, back)
+    if unknown:
+        raise ValueError(f"not a Kubernetes {kind[2:]}: unknown field {unknown[0]!r}")
+
+
+def _unknown_keys(given: Any, known: Any, path: str = "") -> list[str]:
+    if isinstance(given, dict):
+        known = known if isinstance(known, dict) else {}
+        return [p for key, value in given.items()
+                for p in ([f"{path}{key}"] if key not in known else _unknown_keys(value, known[key], f"{path}{key}."))]  # fmt: skip
+    if isinstance(given, list) and isinstance(known, list):
+        return [p for g, k in zip(given, known) for p in _unknown_keys(g, k, path)]
+    return []
 
 
 def variable(name: str) -> str:
@@ -197,6 +365,8 @@ def markdown_table() -> str:
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for name, info in Settings.model_fields.items():
         default = info.get_default(call_default_factory=True)
-        shown = json.dumps(default) if isinstance(default, dict) else ("" if default is None else str(default))
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        shown = json.dumps(default) if isinstance(default, dict | list) and default else ("" if default in (None, {}, []) else str(default))
         lines.append(f"| `{variable(name)}` | {f'`{shown}`' if shown else ''} | {info.description} |")
     return "\n".join(lines) + "\n"

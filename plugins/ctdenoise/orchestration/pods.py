@@ -5,18 +5,24 @@ Pods run the worker image (``images/Dockerfile.worker``) through the entry point
 reconstruct`` and writes the task's XCom document to ``/airflow/xcom/return.json`` (the
 operator's sidecar hands it back to Airflow). Every pod:
 
-- runs as a non-root user (uid/gid 10001) with a read-only root file system, no privilege
-  escalation, all capabilities dropped and the runtime's default seccomp profile; ``/tmp`` is
-  an ``emptyDir`` (staging of Zarr stores and DICOM files before publication);
-- has CPU/memory requests and limits (``CT_DENOISE_POD_*``) and an active deadline;
-- gets S3 access from the Kubernetes secret ``CT_DENOISE_S3_SECRET`` (``envFrom``), never from
-  the DAG file or the Airflow metadata;
+- passes the ``restricted`` Pod Security level: a non-root user (uid/gid 10001), a read-only root
+  file system, no privilege escalation, all capabilities dropped, the runtime's default seccomp
+  profile, no service-account token; ``/tmp`` is an ``emptyDir`` of ``CT_DENOISE_POD_TMP_SIZE``
+  (staging of Zarr stores and DICOM files before publication), requested as ephemeral storage;
+- has the requests and limits of its step (``CT_DENOISE_CONVERT_RESOURCES``,
+  ``CT_DENOISE_RECONSTRUCT_RESOURCES``), an active deadline, the placement settings
+  (``CT_DENOISE_POD_NODE_SELECTOR``, ...) and the registry's pull secrets;
+- gets S3 access from the Kubernetes secret ``CT_DENOISE_S3_SECRET`` (``envFrom``) or, without
+  one, from its service account's cloud identity; never from the DAG file or Airflow's metadata;
 - that exits with 2 (``ctdenoise``'s bad input or parameters) fails its task at once, as the
   local runtime's ``CtDenoiseError`` does; other failures (S3, eviction, OOM) retry
-  (:class:`CtDenoisePodOperator`).
+  (:class:`CtDenoisePodOperator`); a failed pod's events are logged and, by default, the pod is
+  kept for inspection (``CT_DENOISE_POD_ON_FINISH_ACTION``);
+- waits in the triggerer, not in a worker slot (``CT_DENOISE_KUBERNETES_DEFERRABLE``).
 
 ``dssvd`` renders the SparkApplication (:mod:`ctdenoise.orchestration.sparkapp`) per series for
-SparkKubernetesOperator; the Spark image runs the same ``spark/dssvd.py``.
+:class:`~ctdenoise.orchestration.spark_operator.CtDenoiseSparkOperator`; the Spark image runs
+the same ``spark/dssvd.py``.
 """
 
 from __future__ import annotations
@@ -26,18 +32,21 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from airflow.sdk.exceptions import AirflowException
-from airflow.providers.cncf.kubernetes.operators.spark_kubernetes import SparkKubernetesOperator
-from airflow.providers.cncf.kubernetes.utils.container import get_container_status
 from kubernetes.client import models as k8s
 
-from ctdenoise.errors import InputError
-from ctdenoise.orchestration.config import Settings
+from ctdenoise.orchestration.config import OnFinish, Settings
+from ctdenoise.orchestration.failures import exit_code, raise_classified
+from ctdenoise.orchestration.spark_operator import CtDenoiseSparkOperator
 
 RUN_AS = 10001  # the worker image's user (images/Dockerfile.worker)
 LABEL_ANNOTATION = "ctdenoise/label"
 PODRUN = ["python", "-m", "ctdenoise.orchestration.podrun"]
-TMP_SIZE = "20Gi"  # a 512x512x600 series: 600 MB matrix + DICOM output, with room to spare
+XCOM_SIDECAR_RESOURCES = k8s.V1ResourceRequirements(
+    requests={"cpu": "10m", "memory": "16Mi"}, limits={"cpu": "100m", "memory": "64Mi"}
+)
+"""The XCom sidecar only sleeps, then serves one ``cat``; limits let it into quota-enforced namespaces."""
 
 
 def pod_security_context() -> k8s.V1PodSecurityContext:
@@ -58,52 +67,61 @@ def container_security_context() -> k8s.V1SecurityContext:
         run_as_user=RUN_AS,
         run_as_group=RUN_AS,
         capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
     )
 
 
-INPUT_ERROR_EXIT = 2
-"""Exit status of ``ctdenoise`` and of the pod entry point for expected errors (bad input or
-parameters, a missing store, a command line it cannot parse): retrying cannot fix them."""
-
-
-def exit_code(remote_pod: Any, container: str) -> int | None:
-    """The terminated exit code of ``container`` in ``remote_pod`` (None if it did not terminate)."""
-    status = get_container_status(remote_pod, container)
-    terminated = status.state.terminated if status is not None and status.state is not None else None
-    return None if terminated is None else terminated.exit_code
-
-
 class CtDenoisePodOperator(KubernetesPodOperator):
-    """``KubernetesPodOperator`` whose pod failing with :data:`INPUT_ERROR_EXIT` raises
-    :class:`~ctdenoise.errors.InputError`, which the DAG's retry policy fails at once: a corrupt
-    series is not retried twice with backoff before its failure shows (the operator itself
-    raises one ``AirflowException`` for every failure, whatever the exit code)."""
+    """``KubernetesPodOperator`` whose failed pod is classified by its exit status
+    (:mod:`~ctdenoise.orchestration.failures`: 2, bad input, fails at once; 1, 75 and kills retry),
+    and whose XCom sidecar runs the worker image (already on the node: no other registry, no
+    ``latest`` tag) with requests and limits."""
 
     def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, xcom_result: dict | None = None, context: Any = None) -> None:
         try:
             super().cleanup(pod, remote_pod, xcom_result=xcom_result, context=context)
         except AirflowException as exc:
-            if exit_code(remote_pod, self.base_container_name) != INPUT_ERROR_EXIT:
-                raise
             label = (self.annotations or {}).get(LABEL_ANNOTATION, self.task_id)
-            raise InputError(f"{label}: the {self.task_id} pod exited with {INPUT_ERROR_EXIT} (bad input or parameters: "
-                             f"see the pod log above); not retried") from exc  # fmt: skip
+            raise_classified(exc, exit_code(remote_pod, self.base_container_name), label, f"the {self.task_id} pod")
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        for container in pod.spec.containers:
+            if container.name == PodDefaults.SIDECAR_CONTAINER_NAME:
+                container.image, container.image_pull_policy = self.image, self.image_pull_policy
+                container.resources = XCOM_SIDECAR_RESOURCES
+        return pod
 
 
-def container_resources(settings: Settings) -> k8s.V1ResourceRequirements:
+def container_resources(settings: Settings, component: str) -> k8s.V1ResourceRequirements:
+    """The step's resources (``CT_DENOISE_<STEP>_RESOURCES``), with the /tmp emptyDir's size
+    requested as ephemeral storage so that the pod lands on a node with room to stage."""
+    chosen = getattr(settings, f"{component}_resources")
     return k8s.V1ResourceRequirements(
-        requests={"cpu": settings.pod_cpu_request, "memory": settings.pod_memory_request},
-        limits={"cpu": settings.pod_cpu_limit, "memory": settings.pod_memory_limit},
+        requests={**chosen.requests, "ephemeral-storage": settings.pod_tmp_size}, limits=dict(chosen.limits) or None
     )
 
 
-def pod_partial_kwargs(settings: Settings, component: str, minutes: int) -> dict[str, Any]:
+def placement(settings: Settings) -> dict[str, Any]:
+    """Where convert/reconstruct pods may run (``CT_DENOISE_POD_*`` placement settings)."""
+    return {
+        "node_selector": dict(settings.pod_node_selector),
+        "tolerations": list(settings.pod_tolerations),
+        "affinity": dict(settings.pod_affinity) or None,
+        "priority_class_name": settings.pod_priority_class,
+        "image_pull_secrets": [k8s.V1LocalObjectReference(name=n) for n in settings.image_pull_secrets],
+    }
+
+
+def pod_partial_kwargs(settings: Settings, component: str) -> dict[str, Any]:
     """What convert and reconstruct pods share (``KubernetesPodOperator.partial`` kwargs)."""
+    image = settings.image("worker")
+    secret = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.s3_secret))] if settings.s3_secret else []
     return {
         "namespace": settings.namespace,
         "kubernetes_conn_id": settings.kubernetes_conn_id,
-        "image": settings.worker_image,
-        "image_pull_policy": settings.image_pull_policy,
+        "image": image,
+        "image_pull_policy": settings.pull_policy(image),
         "name": f"ct-denoise-{component}",
         "cmds": list(PODRUN),
         "labels": {"app.kubernetes.io/name": "ctdenoise", "app.kubernetes.io/component": component},
@@ -113,21 +131,24 @@ def pod_partial_kwargs(settings: Settings, component: str, minutes: int) -> dict
             k8s.V1EnvVar(name="MPLCONFIGDIR", value="/tmp/matplotlib"),
             k8s.V1EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
         ],
-        "env_from": [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.s3_secret))],
-        "volumes": [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=TMP_SIZE))],
+        "env_from": secret,
+        "volumes": [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=settings.pod_tmp_size))],
         "volume_mounts": [k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
-        "container_resources": container_resources(settings),
+        "container_resources": container_resources(settings, component),
         "security_context": pod_security_context(),
         "container_security_context": container_security_context(),
         "xcom_sidecar_container_security_context": container_security_context(),
         "service_account_name": settings.service_account,
         "automount_service_account_token": False,
+        **placement(settings),
         "do_xcom_push": True,
         "get_logs": True,
-        "on_finish_action": "delete_pod",
-        "startup_timeout_seconds": 600,
-        "active_deadline_seconds": minutes * 60,
-        "execution_timeout": timedelta(minutes=minutes + 10),
+        "log_events_on_failure": True,
+        "on_finish_action": settings.pod_on_finish_action.value,
+        "deferrable": settings.kubernetes_deferrable,
+        "startup_timeout_seconds": settings.pod_startup_timeout_seconds,
+        "active_deadline_seconds": settings.pod_timeout_minutes * 60,
+        "execution_timeout": timedelta(minutes=settings.pod_timeout_minutes + 10),
         "pool": settings.pod_pool,
         "map_index_template": "{{ task.annotations['" + LABEL_ANNOTATION + "'] }}",
     }
@@ -176,7 +197,7 @@ def spark_application(converted: dict[str, Any], settings: Settings) -> dict[str
 def convert(settings: Settings, series: Any) -> Any:
     """``convert`` pods mapped over the discovered series; returns the XComArg of their results."""
     return (
-        CtDenoisePodOperator.partial(task_id="convert", **pod_partial_kwargs(settings, "convert", 60))
+        CtDenoisePodOperator.partial(task_id="convert", **pod_partial_kwargs(settings, "convert"))
         .expand_kwargs(series.map(convert_pod_kwargs))
         .output
     )
@@ -191,14 +212,17 @@ def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
             "annotations": {LABEL_ANNOTATION: one["series"]["folder"]},
         }
 
-    return SparkKubernetesOperator.partial(
+    return CtDenoiseSparkOperator.partial(
         task_id="dssvd",
         namespace=settings.namespace,
         kubernetes_conn_id=settings.kubernetes_conn_id,
         get_logs=True,
-        delete_on_termination=True,
-        startup_timeout_seconds=900,
-        execution_timeout=timedelta(hours=2),
+        log_events_on_failure=True,
+        on_finish_action=settings.pod_on_finish_action.value,
+        delete_on_termination=settings.pod_on_finish_action != OnFinish.KEEP,
+        deferrable=settings.kubernetes_deferrable,
+        startup_timeout_seconds=settings.spark_startup_timeout_seconds,
+        execution_timeout=timedelta(minutes=settings.spark_timeout_minutes),
         pool=settings.spark_pool,
         trigger_rule=trigger_rule,
         map_index_template="{{ task.annotations['" + LABEL_ANNOTATION + "'] }}",
@@ -208,7 +232,7 @@ def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
 def reconstruct(settings: Settings, plan: Any) -> Any:
     """``reconstruct`` pods mapped over the flat (series, rank) plan, labelled "<series> rank=<r>"."""
     return (
-        CtDenoisePodOperator.partial(task_id="reconstruct", **pod_partial_kwargs(settings, "reconstruct", 60))
+        CtDenoisePodOperator.partial(task_id="reconstruct", **pod_partial_kwargs(settings, "reconstruct"))
         .expand_kwargs(plan.map(reconstruct_pod_kwargs))
         .output
     )

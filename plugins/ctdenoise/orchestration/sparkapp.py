@@ -21,9 +21,12 @@ TEMPLATE = "sparkapplication.yaml"
 MAIN_APPLICATION_FILE = "local:///opt/ctdenoise/spark/dssvd.py"  # where images/Dockerfile.spark puts the job
 SPARK_VERSION = "4.2.0"
 RUN_AS = 185  # the spark user of the Apache Spark images
-RETRIES = 2
-RETRY_INTERVAL_SECONDS = 30
-TTL_SECONDS = 3600
+BASE_SPARK_CONF = {
+    "spark.python.worker.reuse": "true",
+    "spark.executorEnv.OPENBLAS_NUM_THREADS": "1",  # one BLAS thread per task: tasks are the parallelism
+    "spark.executorEnv.OMP_NUM_THREADS": "1",
+}
+LABELS = {"app.kubernetes.io/name": "ctdenoise", "app.kubernetes.io/component": "dssvd"}
 
 # Kubernetes object names (DNS-1123 subdomain); the operator derives pod and service names from
 # it, so keep it short enough for the "-driver" / "-ui-svc" suffixes.
@@ -42,27 +45,40 @@ def spark_values(job: DssvdJob, settings: Settings, name: str, labels: dict[str,
     """The template's values: ``name`` checked, everything else from the settings and the job."""
     if len(name) > _MAX_NAME or not _NAME.match(name):
         raise ParameterError(f"SparkApplication name {name!r}: lowercase letters, digits and '-', at most {_MAX_NAME} characters")
+    image = settings.image("spark")
+    common = {**LABELS, **settings.spark_labels, **(labels or {})}
     return {
         "name": name,
         "namespace": settings.namespace,
-        "image": settings.spark_image,
-        "image_pull_policy": settings.image_pull_policy,
+        "labels": common,
+        "image": image,
+        "image_pull_policy": settings.pull_policy(image),
+        "image_pull_secrets": list(settings.image_pull_secrets),
         "main_application_file": MAIN_APPLICATION_FILE,
         "spark_version": SPARK_VERSION,
-        "service_account": settings.spark_service_account,
         "s3_secret": settings.s3_secret,
         "arguments": job.arguments(),
-        "driver_cores": settings.spark_driver_cores,
-        "driver_memory": settings.spark_driver_memory,
-        "executor_cores": settings.spark_executor_cores,
-        "executor_instances": settings.spark_executor_instances,
-        "executor_memory": settings.spark_executor_memory,
-        "retries": RETRIES,
-        "retry_interval_seconds": RETRY_INTERVAL_SECONDS,
-        "ttl_seconds": TTL_SECONDS,
+        "spark_conf": {**BASE_SPARK_CONF, **settings.spark_conf},
+        "ttl_seconds": settings.spark_ttl_seconds,
         "run_as_user": RUN_AS,
-        "labels": dict(labels or {}),
-        "spark_conf": {},
+        "nodeSelector": dict(settings.spark_node_selector),
+        "tolerations": list(settings.spark_tolerations),
+        "affinity": dict(settings.spark_affinity),
+        "driver": _role(settings, common, "driver", cores=settings.spark_driver_cores, memory=settings.spark_driver_memory),
+        "executor": _role(settings, common, "executor", cores=settings.spark_executor_cores, memory=settings.spark_executor_memory,
+                          instances=settings.spark_executor_instances),  # fmt: skip
+    }
+
+
+def _role(settings: Settings, labels: dict[str, str], role: str, **sizes: Any) -> dict[str, Any]:
+    """Driver or executor: size, identity, limits and labels of its pods."""
+    return {
+        **sizes,
+        "labels": {**labels, "app.kubernetes.io/component": f"dssvd-{role}"},
+        "service_account": settings.spark_service_account if role == "driver" else settings.spark_executor_service_account,
+        "coreLimit": getattr(settings, f"spark_{role}_core_limit"),
+        "memoryOverhead": getattr(settings, f"spark_{role}_memory_overhead"),
+        "priorityClassName": settings.spark_priority_class,
     }
 
 
