@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # A one-machine Spark standalone cluster from the pip-installed pyspark: a master on
-# 127.0.0.1:7077 and one worker (2 cores, 2g by default), for running spark/dssvd.py as on a
-# cluster. The pip package has no start-master.sh, so the daemons run through spark-class.
+# 127.0.0.1:7077 and SPARK_WORKERS workers (one by default, 2 cores and 2g each), for running
+# spark/dssvd.py as on a cluster (bench/scale.py measures one and two workers of one core).
+# The pip package has no start-master.sh, so the daemons run through spark-class.
 #
 #   scripts/spark-standalone.sh start|stop|status
 #
 # Pid files and logs live in $SPARK_STANDALONE_DIR (default: <repo>/.spark, git-ignored).
 # Environment: JAVA_HOME (default /usr/lib/jvm/java-17-openjdk-amd64), PYTHON (default
-# <repo>/.venv/bin/python), SPARK_WORKER_CORES (2), SPARK_WORKER_MEMORY (2g),
-# SPARK_MASTER_PORT (7077), SPARK_MASTER_WEBUI_PORT (8180), SPARK_WORKER_WEBUI_PORT (8181).
+# <repo>/.venv/bin/python), SPARK_WORKERS (1), SPARK_WORKER_CORES (2), SPARK_WORKER_MEMORY (2g),
+# SPARK_MASTER_PORT (7077), SPARK_MASTER_WEBUI_PORT (8180), SPARK_WORKER_WEBUI_PORT (8181, then
+# one more per worker).
 # Submit with:  spark-submit --master spark://127.0.0.1:7077 spark/dssvd.py ...
 set -euo pipefail
 
@@ -24,6 +26,7 @@ MASTER_UI="${SPARK_MASTER_WEBUI_PORT:-8180}"
 WORKER_UI="${SPARK_WORKER_WEBUI_PORT:-8181}"
 CORES="${SPARK_WORKER_CORES:-2}"
 MEMORY="${SPARK_WORKER_MEMORY:-2g}"
+WORKERS="${SPARK_WORKERS:-1}"
 URL="spark://$HOST:$PORT"
 
 spark_home() {
@@ -87,24 +90,33 @@ case "$cmd" in
       --host "$HOST" --port "$PORT" --webui-port "$MASTER_UI"
     wait_for_port "$PORT" 60 || { echo "error: master did not listen on $HOST:$PORT; see $DIR/master.log" >&2; exit 1; }
     registered="$(grep -c "Registering worker" "$DIR/master.log" 2>/dev/null || true)"
-    start_daemon worker org.apache.spark.deploy.worker.Worker "$URL" \
-      --host "$HOST" --cores "$CORES" --memory "$MEMORY" --webui-port "$WORKER_UI" --work-dir "$DIR/work"
-    # The worker is ready once the master logs its registration.
+    new=0
+    for i in $(seq 1 "$WORKERS"); do
+      mkdir -p "$DIR/work-$i"
+      start_daemon "worker-$i" org.apache.spark.deploy.worker.Worker "$URL" \
+        --host "$HOST" --cores "$CORES" --memory "$MEMORY" --webui-port "$((WORKER_UI + i - 1))" --work-dir "$DIR/work-$i"
+      new=$((new + STARTED))
+    done
+    # The workers are ready once the master logs their registration.
     deadline=$((SECONDS + 60))
-    [[ "$STARTED" == 1 ]] || registered=-1  # a worker that was already running has registered
-    until (( $(grep -c "Registering worker" "$DIR/master.log" 2>/dev/null || true) > ${registered:-0} )); do
-      if ((SECONDS >= deadline)); then echo "error: worker did not register; see $DIR/worker.log" >&2; exit 1; fi
+    until (( $(grep -c "Registering worker" "$DIR/master.log" 2>/dev/null || true) >= ${registered:-0} + new )); do
+      if ((SECONDS >= deadline)); then echo "error: a worker did not register; see $DIR/worker-*.log" >&2; exit 1; fi
       sleep 0.5
     done
     echo "cluster ready at $URL (master UI http://$HOST:$MASTER_UI)"
     ;;
   stop)
-    stop_daemon worker
+    for pidfile in "$DIR"/worker-*.pid; do
+      [[ -e "$pidfile" ]] && stop_daemon "$(basename "$pidfile" .pid)"
+    done
     stop_daemon master
     ;;
   status)
     status=0
-    for name in master worker; do
+    workers=()
+    for pidfile in "$DIR"/worker-*.pid; do [[ -e "$pidfile" ]] && workers+=("$(basename "$pidfile" .pid)"); done
+    (( ${#workers[@]} )) || workers=(worker-1)
+    for name in master "${workers[@]}"; do
       if running "$name"; then echo "$name running (pid $(cat "$DIR/$name.pid"))"; else echo "$name stopped"; status=3; fi
     done
     exit $status
