@@ -46,7 +46,7 @@ def _application_entity(dest: DimseDestination) -> Any:
 
 
 @contextmanager
-def _association(dest: DimseDestination, contexts: list[Any]) -> Iterator[tuple[Any, str | None]]:
+def _association(dest: DimseDestination, contexts: list[Any], proposed: dict[str, set[str]] | None = None) -> Iterator[tuple[Any, str | None]]:
     """``(association, rejection)``: an established association, or None and why it was refused.
 
     :class:`DestinationUnavailable` when the peer cannot be reached (no answer is not a refusal).
@@ -77,7 +77,7 @@ def _association(dest: DimseDestination, contexts: list[Any]) -> Iterator[tuple[
         elif assoc.is_rejected:
             yield None, f"association rejected ({answer.get('rejected', 'no reason given')})"
         elif assoc.rejected_contexts and not assoc.accepted_contexts:
-            yield None, "every presentation context refused: " + _contexts_text(assoc.rejected_contexts)
+            yield None, "every presentation context refused: " + _contexts_text(assoc.rejected_contexts, proposed or {})
         else:
             raise DestinationUnavailable(f"{dest.where}: no association (connection refused, reset or timed out)")
     finally:
@@ -85,13 +85,23 @@ def _association(dest: DimseDestination, contexts: list[Any]) -> Iterator[tuple[
             assoc.release()
 
 
-def _contexts_text(contexts: list[Any]) -> str:
+def _contexts_text(contexts: list[Any], proposed: dict[str, set[str]]) -> str:
+    """The refused contexts in words, with the transfer syntaxes we proposed (``proposed``: SOP
+    class -> syntaxes; the answer's own syntax field is not what was asked)."""
     from pydicom.uid import UID
 
     return "; ".join(
-        f"{UID(c.abstract_syntax).name} in {', '.join(UID(t).name for t in c.transfer_syntax)}: {context_result(c.result)}"
+        f"{UID(c.abstract_syntax).name} in {', '.join(sorted(UID(t).name for t in proposed.get(c.abstract_syntax, ())))}: "
+        f"{context_result(c.result)}"
         for c in contexts
     )
+
+
+def _proposed(series: SeriesInstances) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for i in series.instances:
+        out.setdefault(i.sop_class_uid, set()).add(i.transfer_syntax_uid)
+    return out
 
 
 def _requested_contexts(series: SeriesInstances) -> list[Any]:
@@ -106,7 +116,8 @@ def _requested_contexts(series: SeriesInstances) -> list[Any]:
 def send(dest: DimseDestination, series: SeriesInstances) -> SendResult:
     """C-STORE every instance of ``series`` over one association (module docstring)."""
     result = SendResult()
-    with _association(dest, _requested_contexts(series)) as (assoc, rejection):
+    proposed = _proposed(series)
+    with _association(dest, _requested_contexts(series), proposed) as (assoc, rejection):
         if assoc is None:
             result.rejection = rejection
             return result
@@ -115,7 +126,7 @@ def send(dest: DimseDestination, series: SeriesInstances) -> SendResult:
             if (instance.sop_class_uid, instance.transfer_syntax_uid) not in accepted:
                 refused = [c for c in assoc.rejected_contexts if c.abstract_syntax == instance.sop_class_uid]
                 result.refused.append(Refused(sop_instance_uid=instance.sop_instance_uid, file=instance.name,
-                                              status="context refused", meaning=_contexts_text(refused) or "not accepted"))  # fmt: skip
+                                              status="context refused", meaning=_contexts_text(refused, proposed) or "not accepted"))  # fmt: skip
                 continue
             status = assoc.send_c_store(instance.path)
             if "Status" not in status:
