@@ -92,6 +92,16 @@ class Settings(BaseModel):
     spark_executor_instances: int = Field(2, ge=1, description="Spark executors per SparkApplication")
     spark_executor_cores: int = Field(1, ge=1, description="cores per Spark executor")
     spark_executor_memory: str = Field("2g", description="memory per Spark executor")
+    selection: dict[str, Any] | None = Field(None, description="JSON selection rules, the default of the run parameter "
+                                             "selection (empty: axial original CT with at least 8 slices; see docs/delivery.md)")  # fmt: skip
+    destinations: str = Field("", description="comma-separated Airflow connection ids of the PACS that deliver sends outputs to "
+                              "(DICOMweb or DIMSE, see docs/delivery.md); empty: no delivery")  # fmt: skip
+    delivery_pool: str = Field("ct_denoise_delivery", description="Airflow pool of the deliver tasks (slots = deliveries in flight, "
+                               "i.e. concurrent associations or STOW-RS requests at the PACS)")  # fmt: skip
+    delivery_verify_seconds: float = Field(30.0, ge=0, description="how long a destination may take to show delivered instances "
+                                           "in its QIDO-RS / C-FIND answers before the delivery counts as unconfirmed (retried)")  # fmt: skip
+    series_description_prefix: str = Field("DENOISED", max_length=24, description="start of the SeriesDescription of every derived "
+                                           "series, before the output ('SVD rank 9', 'local x0.5') and the source's description")  # fmt: skip
 
     @field_validator("schedule", mode="before")
     @classmethod
@@ -123,6 +133,25 @@ class Settings(BaseModel):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
         return value
+
+    @field_validator("selection", mode="before")
+    @classmethod
+    def _selection_json(cls, value: Any) -> Any:
+        """JSON only here: the rules themselves are checked when a run starts (their keyword
+        check needs pydicom's dictionary, which the DAG file must not import)."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+        if value is not None and not isinstance(value, dict):
+            raise ValueError('must be a JSON object {"selections": [...]}')
+        return value
+
+    @property
+    def destination_ids(self) -> list[str]:
+        """The Airflow connection ids of :attr:`destinations`, in order."""
+        return [c.strip() for c in self.destinations.split(",") if c.strip()]
 
     @field_validator("spark_conf", mode="before")
     @classmethod
