@@ -80,7 +80,8 @@ def cmd_ranks(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ctdenoise.writer import reconstruct
 
-    _emit(reconstruct(args.matrix, args.svd, args.dst, rank=args.rank, reference_url=args.reference, multiplier=args.multiplier))
+    _emit(reconstruct(args.matrix, args.svd, args.dst, rank=args.rank, reference_url=args.reference, multiplier=args.multiplier,
+                      series_description_prefix=args.series_description_prefix))  # fmt: skip
     return 0
 
 
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--rank", type=int, help="global mode: the rank")
     which.add_argument("--multiplier", type=float, help="local mode: the threshold multiplier")
     p.add_argument("--reference", help="matrix of a reference (e.g. full-dose) series for PSNR/SSIM")
+    p.add_argument("--series-description-prefix", default="DENOISED",
+                   help="start of the derived SeriesDescription (default DENOISED; a label: UIDs do not depend on it)")  # fmt: skip
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("deliver", help="send one published output to a PACS (DICOMweb STOW-RS or DIMSE C-STORE), verified by query",
