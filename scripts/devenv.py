@@ -193,6 +193,7 @@ def migrate(env: Mapping[str, str], log: Path, timeout: float = 300) -> None:
 POOLS = {
     "ct_denoise_spark": (1, "dssvd: Spark jobs in flight"),
     "ct_denoise_pods": (4, "convert and reconstruct in flight"),
+    "ct_denoise_delivery": (2, "deliver: deliveries to the PACS in flight"),
 }
 
 

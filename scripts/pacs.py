@@ -32,6 +32,8 @@ ORTHANC = "/usr/sbin/Orthanc"
 PLUGINS = Path("/usr/share/orthanc/plugins")
 DICOMWEB_PLUGIN = PLUGINS / "libOrthancDicomWeb.so"
 WEBVIEWER_PLUGIN = PLUGINS / "libOrthancWebViewer.so"
+SERVEFOLDERS_PLUGIN = PLUGINS / "libServeFolders.so"
+COMPARE_ROOT = "/ctdenoise"  # where compare.html is served (ServeFolders plugin)
 CALLING_AE = "CTDENOISE"
 MISSING = "Orthanc is not installed: run scripts/system-deps.sh (Debian packages orthanc, orthanc-dicomweb, orthanc-webviewer)"
 
@@ -50,6 +52,11 @@ class Orthanc:
     @property
     def dicomweb_url(self) -> str:
         return f"{self.http_url}/dicom-web"
+
+    @property
+    def compare_url(self) -> str:
+        """The side-by-side page (with ``web_viewer``): every derived series beside its original."""
+        return f"{self.http_url}{COMPARE_ROOT}/compare.html"
 
     def get(self, path: str, auth: tuple[str, str] | None = None) -> Any:
         request = urllib.request.Request(f"{self.http_url}{path}")
@@ -72,6 +79,16 @@ class Orthanc:
         return out
 
 
+def airflow_environment(server: Orthanc) -> dict[str, str]:
+    """Airflow connections to ``server`` (DICOMweb and DIMSE) and the setting naming both as the
+    DAG's destinations: what ``make demo`` and ``make ui`` give the DAG."""
+    web = {"conn_type": "http", "host": server.dicomweb_url}
+    dimse = {"conn_type": "dimse", "host": "127.0.0.1", "port": server.dicom_port,
+             "extra": {"called_ae": server.aet, "calling_ae": CALLING_AE}}  # fmt: skip
+    return {"AIRFLOW_CONN_PACS_DICOMWEB": json.dumps(web), "AIRFLOW_CONN_PACS_DIMSE": json.dumps(dimse),
+            "CT_DENOISE_DESTINATIONS": "pacs_dicomweb,pacs_dimse"}  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -82,7 +99,7 @@ def configuration(storage: Path, http_port: int, dicom_port: int, *, aet: str = 
                   users: Mapping[str, str] | None = None, lua: str | None = None,
                   transfer_syntaxes: Sequence[str] | None = None, web_viewer: bool = False) -> dict[str, Any]:  # fmt: skip
     """The Orthanc configuration of :func:`orthanc_server` (module docstring)."""
-    plugins = [str(DICOMWEB_PLUGIN)] + ([str(WEBVIEWER_PLUGIN)] if web_viewer else [])
+    plugins = [str(DICOMWEB_PLUGIN)] + ([str(WEBVIEWER_PLUGIN), str(SERVEFOLDERS_PLUGIN)] if web_viewer else [])
     config: dict[str, Any] = {
         "Name": "ctdenoise-pacs", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
         "Plugins": plugins, "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": aet,
@@ -92,6 +109,11 @@ def configuration(storage: Path, http_port: int, dicom_port: int, *, aet: str = 
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False},
         "HttpDescribeErrors": True, "StorageCompression": False, "ExecuteLuaEnabled": False,
     }  # fmt: skip
+    if web_viewer:
+        pages = storage.parent / "pages"
+        pages.mkdir(parents=True, exist_ok=True)
+        (pages / "compare.html").write_text(COMPARE_PAGE)
+        config["ServeFolders"] = {COMPARE_ROOT: str(pages)}
     if transfer_syntaxes is not None:
         config["AcceptedTransferSyntaxes"] = list(transfer_syntaxes)
     if lua:
@@ -102,14 +124,15 @@ def configuration(storage: Path, http_port: int, dicom_port: int, *, aet: str = 
 
 
 @contextmanager
-def orthanc_server(workdir: Path | None = None, *, startup_seconds: float = 60.0, **options: Any) -> Iterator[Orthanc]:
+def orthanc_server(workdir: Path | None = None, *, startup_seconds: float = 60.0, http_port: int | None = None,
+                   **options: Any) -> Iterator[Orthanc]:  # fmt: skip
     """A running Orthanc on free ports (options: see :func:`configuration`), stopped at the end."""
     if not Path(ORTHANC).exists() or not DICOMWEB_PLUGIN.exists():
         raise RuntimeError(MISSING)
-    root = Path(workdir or tempfile.mkdtemp(prefix="ctdenoise-orthanc-"))
+    root = Path(workdir or tempfile.mkdtemp(prefix="ctdenoise-orthanc-")).resolve()  # Orthanc reads paths relative to its config
     storage = root / "storage"
     storage.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = http_port or free_port(), free_port()
     config = configuration(storage, http_port, dicom_port, **options)
     (root / "orthanc.json").write_text(json.dumps(config, indent=2))
     log = root / "orthanc.log"
@@ -152,3 +175,75 @@ def stop(proc: subprocess.Popen, seconds: float = 20.0) -> None:
         proc.wait()
     except ProcessLookupError:
         pass
+
+
+COMPARE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>ctdenoise: original and denoised side by side</title>
+<style>
+ body { font: 14px system-ui, sans-serif; margin: 12px; background: #111; color: #eee; }
+ h1 { font-size: 18px; margin: 4px 0 8px; } h2 { font-size: 14px; margin: 14px 0 4px; color: #fc8d59; }
+ .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
+ .pair figure { margin: 0; } figcaption { color: #aaa; margin: 2px 0; }
+ iframe { width: 100%; height: 560px; border: 1px solid #333; background: #000; }
+</style></head>
+<body><h1>Original | denoised (Orthanc Web Viewer; each derived series beside the series it was derived from)</h1>
+<div id="pairs">Looking for derived series in this Orthanc...</div>
+<script>
+// Pairs every series whose instances reference a source series (ReferencedSeriesSequence, as
+// ctdenoise writes them) with that source, both stored here. Served by Orthanc itself, so the
+// REST calls are same-origin.
+async function json(url) { const r = await fetch(url); return r.json(); }
+function viewer(id) { return '../web-viewer/app/viewer.html?series=' + id; }
+async function main() {
+  const all = await json('../series?expand');
+  const byUid = {}; all.forEach(s => byUid[s.MainDicomTags.SeriesInstanceUID] = s);
+  const box = document.getElementById('pairs'); box.textContent = '';
+  const wanted = new URLSearchParams(location.search).get('only');
+  for (const s of all) {
+    const tags = await json('../instances/' + s.Instances[0] + '/tags?simplify');
+    const ref = (tags.ReferencedSeriesSequence || [])[0];
+    const original = ref && byUid[ref.SeriesInstanceUID];
+    if (!original || (wanted && !(s.MainDicomTags.SeriesDescription || '').includes(wanted))) continue;
+    const h = document.createElement('h2');
+    h.textContent = (tags.PatientName || '') + ' / ' + (tags.StudyDescription || tags.StudyInstanceUID);
+    const pair = document.createElement('div'); pair.className = 'pair';
+    for (const x of [original, s]) {
+      const f = document.createElement('figure'), c = document.createElement('figcaption'), i = document.createElement('iframe');
+      c.textContent = (x.MainDicomTags.SeriesNumber || '') + '  ' + (x.MainDicomTags.SeriesDescription || x.ID);
+      i.src = viewer(x.ID); f.append(c, i); pair.append(f);
+    }
+    box.append(h, pair);
+  }
+  if (!box.childNodes.length) box.textContent = 'No derived series yet: deliver one (ctdenoise deliver, or the deliver step of the DAG).';
+}
+main();
+</script></body></html>
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python scripts/pacs.py STORAGE [--http-port 8042]``: Orthanc with the Web Viewer on a
+    kept storage folder (``make demo`` leaves one in demo-output/pacs) until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("workdir", type=Path, help="Orthanc's folder (storage/ inside); created if missing")
+    parser.add_argument("--http-port", type=int, default=0, help="HTTP port (default: a free one)")
+    args = parser.parse_args(argv)
+
+    def interrupted(signum: int, frame: Any) -> None:  # SIGTERM too stops Orthanc (its own process group) first
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    with orthanc_server(args.workdir, web_viewer=True, http_port=args.http_port or None) as server:
+        print(f"Orthanc {server.http_url} (DICOM port {server.dicom_port}, AE {server.aet}); side by side: {server.compare_url}")
+        print("Ctrl-C stops it.", flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

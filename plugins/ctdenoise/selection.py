@@ -37,7 +37,9 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SLICES = "slices"
-COMPARISON = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+NUMBER_TEXT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"  # a DS or IS value
+NUMBER = re.compile(rf"^\s*{NUMBER_TEXT}\s*$")
+COMPARISON = re.compile(rf"^\s*(<=|>=|==|!=|<|>)\s*({NUMBER_TEXT})\s*$")
 KEYWORD = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 ConditionValue = str | int | float | list[str] | list[int | float]
 
@@ -55,11 +57,8 @@ all slices, too short a spectrum to tell structure from noise."""
 
 
 def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+    """The attribute value as a number, None unless it is written as one (DS, IS)."""
+    return float(text) if NUMBER.match(text) else None
 
 
 def _compare(op: str, a: float, b: float) -> bool:

@@ -28,15 +28,20 @@ from ctdenoise.errors import CtDenoiseError, TransientError
 
 
 class DeliveryRejected(CtDenoiseError):
-    """The destination refused the delivery (or part of it): retrying cannot fix it."""
+    """The destination refused the delivery, or some of its instances: sending again gives the
+    same answer, so the task fails at once (the DAG's retry policy) and the CLI exits 2; a PACS
+    administrator acts (AE title, accepted SOP classes or syntaxes, credentials), then the task
+    is cleared."""
 
 
 class DestinationUnavailable(TransientError):
-    """The destination could not be reached or did not answer in time: retried later."""
+    """No answer: connection refused or reset, a timeout, HTTP 5xx. Retried with backoff."""
 
 
 class DeliveryUnconfirmed(TransientError):
-    """The destination acknowledged instances that its query does not show: retried (re-sending is harmless)."""
+    """Acknowledged, but the destination's query does not show every instance after the wait (a
+    PACS still indexing, or one that dropped them): retried, since re-sending is harmless; a
+    drop shows as this error, naming the missing instances, once the retries are spent."""
 
 
 class Protocol(StrEnum):
