@@ -5,6 +5,7 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
     wait_for_scans >> wait_for_settled_upload >> discover_series >> convert[series]
         >> dssvd[series] >> plan_ranks >> reconstruct[series, rank] >> report[series]
         >> plan_deliveries >> deliver[series, output]
+                                             report[series] >> check_series
 
 - ``wait_for_scans``: deferrable S3KeySensor for DICOM keys in the partition; an empty
   partition times out into *skipped* (soft fail), not failed.
@@ -25,6 +26,8 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
   (one task per output, labelled "<series> <output>"; Python tasks in both runtimes). Delivery
   never holds back a report: a series is complete when its report is; a failed delivery fails
   the run, and clearing ``deliver`` (or a later run) delivers it.
+- ``check_series``: runs only when a report failed, and fails the run (a run's state comes from
+  its last tasks, which are now the delivery steps).
 
 A failing series fails its own task instances; the others finish (see the trigger rules below
 and ``ctdenoise.report.publish_report``). The runtime (``local`` or ``kubernetes``) and the
@@ -180,6 +183,17 @@ def deliver(item: dict, dag_run=None, ti=None) -> dict:  # noqa: ANN001
     return done.to_xcom()
 
 
+@task(task_id="check_series", trigger_rule=TriggerRule.ONE_FAILED, execution_timeout=timedelta(minutes=5))
+def check_series() -> None:
+    """Fails the run when a series was not completed. Runs only then (one_failed): report is no
+    longer a leaf once plan_deliveries follows it, and Airflow sets a run's state from its leaves,
+    so without this task a run with a failed series would end successful."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException("a series was not completed: see the failed report task instances "
+                               "(the other series were published and, where configured, delivered)")  # fmt: skip
+
+
 def as_list_of_str(value) -> list[str]:  # noqa: ANN001
     """An XCom pull of a list of strings (None, one list, or one list per map index)."""
     if not value:
@@ -243,6 +257,7 @@ def ct_denoise() -> None:
     denoised = runtime.reconstruct(settings, plan)
     reports = report.expand(series=series)
     deliver.expand(item=plan_deliveries(reports))
+    reports >> check_series()
 
     wait_for_scans >> wait_for_settled_upload >> series
     svds >> plan

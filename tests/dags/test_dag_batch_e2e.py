@@ -65,6 +65,7 @@ DUPLICATE, TRUNCATED = "series-bad", "series-trunc"
 TRUNCATED_FILE = "IM0005.dcm"
 SENSOR = "wait_for_settled_upload"
 DELIVERY = ("plan_deliveries", "deliver")  # skipped here: these runs name no destinations (tests/test_orchestration_delivery.py)
+QUIET = (*DELIVERY, "check_series")  # check_series runs only when a series failed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,9 +73,10 @@ DELIVERY = ("plan_deliveries", "deliver")  # skipped here: these runs name no de
 
 
 def processing_states(run: "Run") -> set[str]:
-    """The states of every task but the delivery steps, which skip without destinations."""
-    assert {t["state"] for t in run.tis if t["task_id"] in DELIVERY} <= {"skipped"}, run.summary()
-    return {t["state"] for t in run.tis if t["task_id"] not in DELIVERY}
+    """The states of every task but the delivery steps (which skip without destinations) and
+    check_series (which skips when no series failed)."""
+    assert {t["state"] for t in run.tis if t["task_id"] in QUIET} <= {"skipped"}, run.summary()
+    return {t["state"] for t in run.tis if t["task_id"] not in QUIET}
 
 
 def _utc(value: str | None) -> datetime | None:
@@ -468,6 +470,7 @@ def test_a_corrupt_series_fails_alone_and_publishes_nothing(
     reason; the good series are complete; nothing of the bad ones is visible in denoised/."""
     run = run_d1.run
     assert run.result.returncode != 0 and run.result.run_state == "failed", run.summary()
+    assert run.ti("check_series", None)["state"] == "failed", "the failed series fail the run"
     assert run.labels("convert") == sorted([GOOD, SLOW, DUPLICATE, TRUNCATED])
     assert run.labels("dssvd") == sorted([GOOD, SLOW]), "dssvd runs for the converted series only"
     reasons = {

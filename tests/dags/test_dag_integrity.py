@@ -19,6 +19,7 @@ EXPECTED_EDGES = {
     ("reconstruct", "report"),
     ("report", "plan_deliveries"),
     ("plan_deliveries", "deliver"),
+    ("report", "check_series"),
 }
 PARSE_BUDGET_SECONDS = 2.0
 
@@ -85,6 +86,7 @@ def test_graph_is_the_pipeline(probe: dict) -> None:
     for task_id in ("wait_for_scans", "wait_for_settled_upload", "discover_series", "convert", "reconstruct", "deliver"):
         assert rules[task_id] == "all_success", task_id
     assert rules["plan_deliveries"] == "all_done"  # a series' delivery never waits for another's report
+    assert rules["check_series"] == "one_failed"  # a failed series still fails the run
 
 
 def test_pools_bound_spark_and_pods(probe: dict) -> None:
@@ -92,7 +94,7 @@ def test_pools_bound_spark_and_pods(probe: dict) -> None:
     assert tasks["dssvd"]["pool"] == "ct_denoise_spark"
     assert tasks["convert"]["pool"] == tasks["reconstruct"]["pool"] == "ct_denoise_pods"
     assert tasks["deliver"]["pool"] == "ct_denoise_delivery"
-    for task_id in ("convert", "dssvd", "reconstruct", "discover_series", "plan_ranks", "report", "plan_deliveries", "deliver"):
+    for task_id in ("convert", "dssvd", "reconstruct", "discover_series", "plan_ranks", "report", "plan_deliveries", "deliver", "check_series"):
         assert tasks[task_id]["execution_timeout"], f"{task_id} has no execution timeout"
 
 
