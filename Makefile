@@ -24,7 +24,8 @@ help:
 
 install: $(STAMP) $(SYSTEM_STAMP)
 
-# Java 17 (Spark), dicom3tools (dciodvfy checks written DICOM), Chromium (report rendering test).
+# Java 17 (Spark), dicom3tools (dciodvfy checks written DICOM), Chromium (report rendering test),
+# Orthanc with DICOMweb and the Web Viewer (the PACS of the delivery tests, make demo and make ui), dcmtk.
 $(SYSTEM_STAMP): scripts/system-deps.sh
 	@bash scripts/system-deps.sh
 	@mkdir -p $(dir $@) && touch $@

@@ -4,6 +4,8 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
 
     wait_for_scans >> wait_for_settled_upload >> discover_series >> convert[series]
         >> dssvd[series] >> plan_ranks >> reconstruct[series, rank] >> report[series]
+        >> plan_deliveries >> deliver[series, output]
+                                             report[series] >> check_series
 
 - ``wait_for_scans``: deferrable S3KeySensor for DICOM keys in the partition; an empty
   partition times out into *skipped* (soft fail), not failed.
@@ -19,6 +21,13 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
 - ``reconstruct``: one task per output, labelled "<series> rank=<r>" or "<series> local x<m>".
 - ``report``: per series; publishes ``report.html`` then ``report.json`` (the completion
   marker) only when every planned rank of the series was written.
+- ``plan_deliveries`` / ``deliver``: the outputs the run's ``deliver`` parameter names, of the
+  series completed now or by an earlier run, sent to the PACS of ``CT_DENOISE_DESTINATIONS``
+  (one task per output, labelled "<series> <output>"; Python tasks in both runtimes). Delivery
+  never holds back a report: a series is complete when its report is; a failed delivery fails
+  the run, and clearing ``deliver`` (or a later run) delivers it.
+- ``check_series``: runs only when a report failed, and fails the run (a run's state comes from
+  its last tasks, which are now the delivery steps).
 
 A failing series fails its own task instances; the others finish (see the trigger rules below
 and ``ctdenoise.report.publish_report``). The runtime (``local`` or ``kubernetes``) and the
@@ -89,7 +98,7 @@ def check_run_start(context) -> None:  # noqa: ANN001 (the task's context)
 
 
 @task(task_id="discover_series", execution_timeout=timedelta(minutes=30))
-def discover_series(params: dict | None = None, logical_date=None) -> list[dict]:  # noqa: ANN001 (a pendulum DateTime)
+def discover_series(params: dict | None = None, logical_date=None, ti=None) -> list[dict]:  # noqa: ANN001 (a pendulum DateTime)
     from ctdenoise.orchestration import aws, discovery
     from ctdenoise.params import RunParams
 
@@ -104,6 +113,8 @@ def discover_series(params: dict | None = None, logical_date=None) -> list[dict]
         settle_seconds=settings.settle_seconds,
         storage_options=aws.storage_options(settings.aws_conn_id),
     )
+    # Series published by an earlier run: plan_deliveries sends what that run could not.
+    ti.xcom_push(key="published", value=[s["published"] for s in skipped if s.get("published")])
     if not series:
         reasons = "; ".join(f"{s['folder']}: {s['reason']}" for s in skipped[:5]) or "no series folders"
         raise AirflowSkipException(f"nothing to process in {partition} ({reasons})")
@@ -146,6 +157,62 @@ def report(series: dict, dag_run=None, ti=None) -> dict:  # noqa: ANN001
     return done.to_xcom()
 
 
+@task(task_id="plan_deliveries", trigger_rule=TriggerRule.ALL_DONE, execution_timeout=timedelta(minutes=30))
+def plan_deliveries(reports, params: dict | None = None, ti=None) -> list[dict]:  # noqa: ANN001
+    from ctdenoise.layout import series_url
+    from ctdenoise.orchestration import aws, delivery
+    from ctdenoise.params import RunParams
+    from ctdenoise.records import SeriesReport
+
+    run_params = RunParams.from_conf(params)
+    if not settings.destination_ids or not run_params.deliver:
+        why = "no destinations (CT_DENOISE_DESTINATIONS)" if not settings.destination_ids else "deliver is [] for this run"
+        raise AirflowSkipException(f"delivery off: {why}")
+    done = [SeriesReport.from_xcom(r) for r in (reports[:] if reports else []) if r]
+    urls = [series_url(settings.denoised_url(), r.series_instance_uid) for r in done]
+    urls += as_list_of_str(ti.xcom_pull(task_ids="discover_series", key="published"))
+    items = delivery.plan(urls, run_params, settings.destination_ids, aws.storage_options(settings.aws_conn_id))
+    if not items:
+        raise AirflowSkipException(f"nothing to deliver ({len(urls)} completed series checked)")
+    return [i.to_xcom() for i in items]
+
+
+@task(
+    task_id="deliver",
+    pool=settings.delivery_pool,
+    execution_timeout=timedelta(hours=1),
+    map_index_template="{{ task.op_kwargs['item']['label'] }}",
+)
+def deliver(item: dict, dag_run=None, ti=None) -> dict:  # noqa: ANN001
+    from ctdenoise.orchestration import aws, delivery
+    from ctdenoise.records import DeliveryItem
+
+    run = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "try_number": ti.try_number}
+    done = delivery.deliver_item(DeliveryItem.from_xcom(item), run, settings.delivery_verify_seconds,
+                                 aws.storage_options(settings.aws_conn_id))  # fmt: skip
+    return done.to_xcom()
+
+
+@task(task_id="check_series", trigger_rule=TriggerRule.ONE_FAILED, execution_timeout=timedelta(minutes=5))
+def check_series() -> None:
+    """Fails the run when a series was not completed. Runs only then (one_failed): report is no
+    longer a leaf once plan_deliveries follows it, and Airflow sets a run's state from its leaves,
+    so without this task a run with a failed series would end successful."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException("a series was not completed: see the failed report task instances "
+                               "(the other series were published and, where configured, delivered)")  # fmt: skip
+
+
+def as_list_of_str(value) -> list[str]:  # noqa: ANN001
+    """An XCom pull of a list of strings (None, one list, or one list per map index)."""
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [v for x in value for v in ([x] if isinstance(x, str) else (x or []))]
+
+
 def as_list(value) -> list:  # noqa: ANN001
     """XCom pulls give a value, a list, or None: always a list without Nones."""
     if value is None:
@@ -163,7 +230,7 @@ def as_list(value) -> list:  # noqa: ANN001
     max_active_tasks=settings.max_active_tasks,
     dagrun_timeout=timedelta(hours=24),
     default_args=default_args,
-    params=dag_params(),
+    params=dag_params({"selection": settings.selection} if settings.selection else None),
     user_defined_macros={"ctdenoise_partition_date": settings.partition_date},
     tags=["ctdenoise", "ct", "svd", "spark", settings.runtime.value],
     doc_md=__doc__,
@@ -199,6 +266,8 @@ def ct_denoise() -> None:
     plan = plan_ranks(converted)
     denoised = runtime.reconstruct(settings, plan)
     reports = report.expand(series=series)
+    deliver.expand(item=plan_deliveries(reports))
+    reports >> check_series()
 
     wait_for_scans >> wait_for_settled_upload >> series
     svds >> plan

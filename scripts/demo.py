@@ -3,11 +3,15 @@
 1. starts a moto S3 server on a free 127.0.0.1 port;
 2. simulates two low-dose phantom series (with their noise-free truth) and one broken series
    (two slices at one position), uploads them to today's partition ``incoming/<today>/``;
-3. runs ``airflow dags test ct_denoise <today>`` on the local runtime (Spark local[2]);
-4. downloads ``denoised/`` into ``demo-output/`` and prints, per series and output (global
+3. starts an Orthanc PACS (``scripts/pacs.py``, storage in ``demo-output/pacs/``) holding the
+   two original series, as a hospital's PACS would;
+4. runs ``airflow dags test ct_denoise <today>`` on the local runtime (Spark local[2]), whose
+   ``deliver`` step sends the automatic outputs to that Orthanc by DICOMweb and by DIMSE;
+5. downloads ``denoised/`` into ``demo-output/`` and prints, per series and output (global
    mode: each rank; local mode: each threshold multiplier), PSNR and SSIM against the truth,
-   the noise estimate and the writer's seconds, then the report paths;
-5. stops everything it started, also on Ctrl-C.
+   the noise estimate and the writer's seconds, the report paths, what was delivered to the
+   PACS, and how to look at it (``python scripts/pacs.py demo-output/pacs`` or ``make ui``);
+6. stops everything it started, also on Ctrl-C.
 
 Sizes via environment: DEMO_SIZE (512), DEMO_SLICES (64), DEMO_PHOTONS (2e4), DEMO_DATE (today).
 Exit status: 0 when both good series were published and the broken one was refused.
@@ -15,6 +19,7 @@ Exit status: 0 when both good series were published and the broken one was refus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import devenv
+import pacs
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "demo-output"
@@ -137,7 +143,8 @@ def main() -> int:
     truths: dict[str, Path] = {}
     inputs: dict[str, Path] = {}
     say(f"demo: partition incoming/{date}/, phantoms {size}x{size}x{slices} at {photons:g} photons per ray")
-    with devenv.moto_server() as endpoint:
+    with contextlib.ExitStack() as stack:
+        endpoint = stack.enter_context(devenv.moto_server())
         say(f"moto S3 server on {endpoint}")
         devenv.create_bucket(endpoint, BUCKET)
         options = devenv.s3_options(endpoint)
@@ -154,7 +161,10 @@ def main() -> int:
         n = devenv.upload_folder(work / "series-broken", f"s3://{BUCKET}/incoming/{date}/series-broken", options)
         say(f"uploaded {n} files of series-broken ({bad_uid}: two slices at one position)")
 
-        env = devenv.airflow_env(work / "airflow-home", endpoint, bucket=BUCKET)
+        orthanc = stack.enter_context(pacs.orthanc_server(OUT / "pacs", web_viewer=True))
+        say(f"Orthanc PACS on {orthanc.http_url} (DICOM port {orthanc.dicom_port}): storing the two original series")
+        deliver_originals(orthanc, [work / "series-a", work / "series-b"])
+        env = devenv.airflow_env(work / "airflow-home", endpoint, bucket=BUCKET, extra=pacs.airflow_environment(orthanc))
         log = work / "airflow.log"
         say("airflow db migrate...")
         devenv.migrate(env, log)
@@ -173,17 +183,46 @@ def main() -> int:
         say("downloading denoised/ into demo-output/denoised/")
         if fs.exists(f"{BUCKET}/denoised"):
             fs.get(f"{BUCKET}/denoised", str(OUT / "denoised"), recursive=True)
+        in_pacs = orthanc.series()
 
     rows = evaluate(OUT / "denoised", truths, inputs)
     print_table(rows)
     published = {r["series"] for r in rows if r["what"].startswith("report:")}
     refused = bad_uid not in published
     print(f"\nbroken series {bad_uid}: {'refused, nothing published' if refused else 'PUBLISHED (unexpected)'}")
+    delivered = print_deliveries(OUT / "denoised", in_pacs)
     print(f"outputs in {OUT.relative_to(REPO)}/denoised/<SeriesInstanceUID>/ ; total {time.perf_counter() - STARTED:.0f} s")
-    ok = len(published & set(truths)) == 2 and refused
+    print(f"PACS: to look at originals and denoised side by side, run `python scripts/pacs.py {(OUT / 'pacs').relative_to(REPO)}`"
+          " and open the compare page it prints (or `make ui`)")  # fmt: skip
+    ok = len(published & set(truths)) == 2 and refused and delivered
     if not ok:
         print(result.log_tail(60), file=sys.stderr)
     return 0 if ok else 1
+
+
+def deliver_originals(orthanc: pacs.Orthanc, folders: list[Path]) -> None:
+    """The low-dose originals into the PACS first, as a scanner would have sent them."""
+    from ctdenoise.delivery import deliver
+    from ctdenoise.delivery.destinations import dimse_from_cli
+
+    for folder in folders:
+        deliver(str(folder), dimse_from_cli(f"127.0.0.1:{orthanc.dicom_port}", orthanc.aet, pacs.CALLING_AE)).check()
+
+
+def print_deliveries(denoised: Path, in_pacs: dict[str, dict]) -> bool:
+    """What each series' deliveries.json says, and what the PACS holds; True when every
+    delivery recorded was confirmed and at least one was made."""
+    rows = []
+    for path in sorted(denoised.glob("*/deliveries.json")):
+        for d in json.loads(path.read_text())["deliveries"]:
+            o = d["outcome"]
+            held = in_pacs.get(o["series_instance_uid"], {})
+            rows.append((path.parent.name[-12:], d["output"], d["destination_name"], o["status"], o["sent"], o["confirmed"],
+                         held.get("description") or "-"))  # fmt: skip
+    print(f"\n{'series':<14} {'output':<11} {'destination':<14} {'status':<10} {'sent':>4} {'conf':>4}  in the PACS as")
+    for row in rows:
+        print(f"...{row[0]:<11} {row[1]:<11} {row[2]:<14} {row[3]:<10} {row[4]:>4} {row[5]!s:>4}  {row[6]}")
+    return bool(rows) and all(r[3] == "delivered" for r in rows)
 
 
 def devenv_fs(endpoint: str):  # noqa: ANN201

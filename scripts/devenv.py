@@ -187,23 +187,14 @@ def migrate(env: Mapping[str, str], log: Path, timeout: float = 300) -> None:
         raise RuntimeError(f"airflow db migrate failed (exit {code}); see {log}")
 
 
-#: The Airflow pools of the DAG (``CT_DENOISE_SPARK_POOL``, ``CT_DENOISE_POD_POOL`` defaults) for a
-#: one-machine deployment: one Spark job at a time (2 cores), a few convert/reconstruct tasks.
-#: ``airflow dags test`` ignores pools; the scheduler does not run tasks of a missing pool.
-POOLS = {
-    "ct_denoise_spark": (1, "dssvd: Spark jobs in flight"),
-    "ct_denoise_pods": (4, "convert and reconstruct in flight"),
-}
-
-
-def create_pools(env: Mapping[str, str], log: Path, pools: Mapping[str, tuple[int, str]] = POOLS) -> None:
-    """Create or update the DAG's pools (one ``airflow pools import``) for a scheduler-run deployment."""
-    spec = Path(env["AIRFLOW_HOME"]) / "ct_denoise_pools.json"
-    spec.parent.mkdir(parents=True, exist_ok=True)
-    spec.write_text(json.dumps({name: {"slots": slots, "description": text} for name, (slots, text) in pools.items()}))
-    code = _airflow(["pools", "import", str(spec)], env, log, timeout=120)
+def create_pools(env: Mapping[str, str], log: Path) -> None:
+    """Create or update the DAG's pools as a deployment does (``ctdenoise pools``, from the
+    settings in ``env``) for a scheduler-run stack; ``airflow dags test`` ignores pools."""
+    ctdenoise = str(Path(sys.executable).parent / "ctdenoise")
+    with open(log, "ab") as out:
+        code = subprocess.run([ctdenoise, "pools"], env=dict(env), stdout=out, stderr=subprocess.STDOUT, timeout=300).returncode
     if code != 0:
-        raise RuntimeError(f"airflow pools import failed (exit {code}); see {log}")
+        raise RuntimeError(f"ctdenoise pools failed (exit {code}); see {log}")
 
 
 def task_states(home: Path, dag_id: str = DAG_ID) -> tuple[str | None, list[dict[str, Any]]]:

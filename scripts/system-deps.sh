@@ -2,6 +2,8 @@
 # System packages the project uses, installed with apt-get when missing (Debian/Ubuntu).
 #   required: Java 17 (Spark), the Python 3.11 venv module
 #   checks:   dicom3tools (dciodvfy validates written DICOM), chromium (renders the HTML report)
+#   PACS:     orthanc with its DICOMweb and Web Viewer plugins (delivery tests, make demo, make ui),
+#             dcmtk (storescu/findscu/dcmdump, to look at a PACS by hand)
 # Without root or apt-get, a missing required package stops with a message saying what to install.
 set -euo pipefail
 
@@ -11,9 +13,13 @@ missing=()
 python3.11 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3.11-venv)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 command -v chromium >/dev/null || missing+=(chromium)
+[ -x /usr/sbin/Orthanc ] || missing+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+[ -e /usr/share/orthanc/plugins/libOrthancWebViewer.so ] || missing+=(orthanc-webviewer)
+command -v storescu >/dev/null || missing+=(dcmtk)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "system packages: ok (java at $JAVA_HOME, dciodvfy, chromium)"
+  echo "system packages: ok (java at $JAVA_HOME, dciodvfy, chromium, orthanc with dicomweb and webviewer, dcmtk)"
   exit 0
 fi
 
@@ -33,6 +39,11 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# The orthanc package enables a system service on port 4242/8042; the project starts its own
+# instances on free ports (scripts/pacs.py), so the service is stopped where one was started.
+if command -v systemctl >/dev/null && systemctl is-active --quiet orthanc 2>/dev/null; then
+  $SUDO systemctl stop orthanc || true
+fi
 if [ ! -x "$JAVA_HOME/bin/java" ]; then
   echo "error: Java 17 not found at JAVA_HOME=$JAVA_HOME after install; set JAVA_HOME to a Java 17 home" >&2
   exit 1

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from convert_fixtures import ct_series, uid_for
 
@@ -17,7 +18,7 @@ from ctdenoise.params import RunParams
 DS = "2026-11-20"
 
 
-def write_series(folder: Path, uid: str, n: int = 3) -> None:
+def write_series(folder: Path, uid: str, n: int = 8) -> None:  # the default selection takes 8 slices or more
     folder.mkdir(parents=True, exist_ok=True)
     for k, sl in enumerate(ct_series(n, series_uid=uid, rows=16, columns=16)):
         sl.dataset.save_as(folder / f"IM{k:04d}.dcm", enforce_file_format=True)
@@ -63,7 +64,7 @@ def test_discover_lists_series_with_their_layout(partition: dict[str, Any]) -> N
     assert a["matrix_url"] == f"{root}/work/{DS}/scan-a/matrix/{uid}.zarr"
     assert a["svd_url"] == f"{root}/work/{DS}/scan-a/svd-k50-o15-q2-s0.zarr"
     assert a["series_url"] == f"{root}/denoised/{uid}"
-    assert a["files"] == 3 and a["label"] == "scan-a"
+    assert a["files"] == 8 and a["label"] == "scan-a"
     assert a["params"] == RunParams().as_json()
     reasons = {s["folder"]: s["reason"] for s in skipped}
     assert set(reasons) == {"notes", "bad{name}"}
@@ -107,7 +108,7 @@ def test_folders_still_changing_are_left_for_a_later_run(partition: dict[str, An
     assert state["settled"] is False and set(state["unsettled"]) >= {"scan-a", "scan-b"}
     later = datetime.now(timezone.utc) + timedelta(hours=2)
     state = discovery.settled_state(partition["url"], 3600, now=later)
-    assert state["settled"] is True and state["folders"]["scan-a"] == 3
+    assert state["settled"] is True and state["folders"]["scan-a"] == 8
 
 
 def test_empty_or_missing_partition_is_not_settled(s3_bucket: str) -> None:
@@ -132,3 +133,25 @@ def test_modified_time_of_s3_and_local_infos() -> None:
     assert discovery.modified_time({"mtime": aware.timestamp()}) == aware
     assert discovery.modified_time({"LastModified": "2026-01-02T03:04:05"}) == aware
     assert discovery.modified_time({}) is None
+
+
+def test_series_the_selection_rules_exclude_are_named_with_the_condition(tmp_path: Path, s3_bucket: str) -> None:
+    """Too few slices for the default rules, or a derived series: skipped before any conversion."""
+    local = tmp_path / "up"
+    write_series(local / "short", uid_for("short"), n=4)
+    write_series(local / "derived", uid_for("derived"))
+    for path in (local / "derived").iterdir():
+        ds = pydicom.dcmread(path)
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.save_as(path)
+    write_series(local / "fine", uid_for("fine"))
+    url = f"s3://{s3_bucket}/incoming/{DS}"
+    upload(local, url)
+    series, skipped = discover(url, f"s3://{s3_bucket}")
+    reasons = {s["folder"]: s["reason"] for s in skipped}
+    assert [s["folder"] for s in series] == ["fine"]
+    assert reasons["short"] == 'not selected: axial original CT: slices ">=8" (series has 4)'
+    assert reasons["derived"].startswith('not selected: axial original CT: ImageType ["ORIGINAL", "AXIAL", "!LOCALIZER"] (series has DERIVED')
+    rules = {"selections": [{"name": "any CT", "conditions": {"Modality": "CT"}}]}
+    series, _ = discover(url, f"s3://{s3_bucket}", conf={"selection": rules})
+    assert [s["folder"] for s in series] == ["derived", "fine", "short"]

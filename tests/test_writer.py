@@ -78,8 +78,13 @@ def test_derived_series_header_and_references(case: PhantomCase, rank_out: tuple
         assert ds.SOPClassUID == CTImageStorage and ds.Modality == "CT"
         assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
         assert ds.SeriesInstanceUID == metrics["series_instance_uid"] != src.SeriesInstanceUID
-        assert ds.SeriesDescription == f"ctdenoise SVD rank {RANK}"
+        assert ds.SeriesDescription.startswith(f"DENOISED SVD rank {RANK}")
         assert f"rank {RANK}" in ds.DerivationDescription
+        assert ds.SeriesDescription == f"DENOISED SVD rank {RANK}: {src.SeriesDescription}"[:64]
+        assert int(ds.SeriesNumber) == int(src.SeriesNumber) * 1000 + RANK
+        equipment = ds.ContributingEquipmentSequence[0]  # IHE AI Results: the algorithm that made it
+        assert (equipment.ManufacturerModelName, equipment.PurposeOfReferenceCodeSequence[0].CodeValue) == ("ctdenoise", "109103")
+        assert equipment.SoftwareVersions and equipment.ContributionDescription == ds.DerivationDescription
         assert ds.InstanceNumber == j + 1
         for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "PatientName", "PatientID", "StudyDate",
                         "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness"):
@@ -200,7 +205,7 @@ def test_local_mode_writes_the_denoised_matrix_of_its_multiplier(case: PhantomCa
     expected = np.clip(group["D"][1], *HU_RANGE)
     np.testing.assert_allclose(_volume(dest / "dicom"), expected, atol=0.51)  # integer storage
     datasets = read_series(dest / "dicom")
-    assert datasets[0].SeriesDescription == "ctdenoise local x1" and int(datasets[0].SeriesNumber) % 1000 == 902
+    assert datasets[0].SeriesDescription.startswith("DENOISED local x1") and int(datasets[0].SeriesNumber) % 1000 == 910
     assert "Local low-rank" in datasets[0].DerivationDescription
     assert metrics["psnr_db_denoised"] > metrics["psnr_db_input"] and metrics["ssim_denoised"] > metrics["ssim_input"]
 

@@ -80,7 +80,32 @@ def cmd_ranks(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from ctdenoise.writer import reconstruct
 
-    _emit(reconstruct(args.matrix, args.svd, args.dst, rank=args.rank, reference_url=args.reference, multiplier=args.multiplier))
+    _emit(reconstruct(args.matrix, args.svd, args.dst, rank=args.rank, reference_url=args.reference, multiplier=args.multiplier,
+                      series_description_prefix=args.series_description_prefix))  # fmt: skip
+    return 0
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """One JSON line (what was sent, refused and confirmed), then exit 0, 2 for a rejection
+    (the line names the refused instances) or 75 for a destination down or not yet showing them."""
+    from ctdenoise.delivery import deliver
+    from ctdenoise.delivery.destinations import dicomweb_from_cli, dimse_from_cli
+    from ctdenoise.errors import ParameterError
+
+    if args.dicomweb:
+        if args.called_ae or args.calling_ae:
+            raise ParameterError("--called-ae and --calling-ae go with --dimse, not --dicomweb")
+        destination = dicomweb_from_cli(args.dicomweb, timeout_seconds=args.timeout)
+    else:
+        if not args.called_ae:
+            raise ParameterError("--dimse needs --called-ae (the destination's AE title)")
+        destination = dimse_from_cli(args.dimse, args.called_ae, args.calling_ae, timeout_seconds=args.timeout)
+    if not args.verbose:  # the outcome line and one error line say it all; -v shows every PDU
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+        logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+    outcome = deliver(args.src, destination, verify_seconds=args.verify_seconds)
+    _emit(outcome.as_json())
+    outcome.check()
     return 0
 
 
@@ -141,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--rank", type=int, help="global mode: the rank")
     which.add_argument("--multiplier", type=float, help="local mode: the threshold multiplier")
     p.add_argument("--reference", help="matrix of a reference (e.g. full-dose) series for PSNR/SSIM")
+    p.add_argument("--series-description-prefix", default="DENOISED",
+                   help="start of the derived SeriesDescription (default DENOISED; a label: UIDs do not depend on it)")  # fmt: skip
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("decoders", help="the supported DICOM transfer syntaxes and whether each is decodable here (exit 1 if not)")
@@ -149,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pools", help="create or update the DAG's Airflow pools (CT_DENOISE_*_POOL*); needs Airflow's database")
     p.add_argument("--check", action="store_true", help="only report missing pools (exit 2 if any)")
     p.set_defaults(func=cmd_pools)
+
+    p = sub.add_parser("deliver", help="send one published output to a PACS (DICOMweb STOW-RS or DIMSE C-STORE), verified by query",
+                       epilog="DICOMweb credentials come from DICOMWEB_USERNAME/DICOMWEB_PASSWORD or DICOMWEB_TOKEN, never "
+                       "from the command line. Exit 0 delivered, 2 rejected, 75 destination down (retry later).")  # fmt: skip
+    p.add_argument("src", help="one published output (folder or URL, e.g. .../denoised/<uid>/local-x0.5) or a folder of one series' DICOM files")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dicomweb", metavar="URL", help="DICOMweb service root, e.g. http://pacs:8042/dicom-web")
+    where.add_argument("--dimse", metavar="HOST:PORT", help="DICOM storage SCP")
+    p.add_argument("--called-ae", help="--dimse: the destination's AE title")
+    p.add_argument("--calling-ae", help="--dimse: our AE title (default CTDENOISE)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the destination's answers (default 30)")
+    p.add_argument("--verify-seconds", type=float, default=30.0,
+                   help="seconds the destination may take to show the instances in its query answers (default 30)")  # fmt: skip
+    p.set_defaults(func=cmd_deliver)
     return parser
 
 

@@ -8,6 +8,7 @@
     <denoised>/<SeriesInstanceUID>/rank-<r>/                 reconstruct, global mode
     <denoised>/<SeriesInstanceUID>/local-x<m>/               reconstruct, local mode
     <denoised>/<SeriesInstanceUID>/report.html, report.json  report (report.json last: complete)
+    <denoised>/<SeriesInstanceUID>/deliveries/<output>/<destination>.json, deliveries.json   deliver
 
 The keys name the parameters that produced a store (:meth:`ctdenoise.params.RunParams.svd_key`,
 :meth:`ctdenoise.params.LocalParams.key`), so runs with other parameters never share one.
@@ -22,6 +23,8 @@ MATRIX_DIR = "matrix"
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 """Written last by :func:`ctdenoise.report.write_report`: the completion marker of a series."""
+DELIVERIES_DIR = "deliveries"
+DELIVERIES_JSON = "deliveries.json"
 
 
 def matrix_dir(folder_work_url: str) -> str:
@@ -58,3 +61,16 @@ def report_json(series_url: str) -> str:
 
 def report_html(series_url: str) -> str:
     return join(series_url, REPORT_HTML)
+
+
+def deliveries_dir(series_url: str) -> str:
+    return join(series_url, DELIVERIES_DIR)
+
+
+def delivery_record(series_url: str, output: str, destination: str) -> str:
+    """One output's record at one destination (:mod:`ctdenoise.report.deliveries`)."""
+    return join(series_url, DELIVERIES_DIR, output, f"{destination}.json")
+
+
+def deliveries_json(series_url: str) -> str:
+    return join(series_url, DELIVERIES_JSON)

@@ -6,6 +6,8 @@ A parameter is one pydantic field of one of the models below, grouped by what us
 - :class:`SvdParams` (global mode): the SVD algorithm (``spark/dssvd.py``, ``ctdenoise svd``);
 - :class:`LocalParams` (local mode): the local low-rank algorithm (``spark/dssvd.py --local-out``,
   ``ctdenoise local``);
+- :class:`SeriesSelection` and :class:`DeliveryChoice`: which series a run takes and which of
+  their outputs go to the PACS (neither changes an output, so neither is in the params hash);
 - :class:`RunParams`: all of them plus ``modes`` (:class:`ModeChoice`) and ``force``, what a DAG
   run takes.
 
@@ -32,6 +34,7 @@ from typing import Annotated, Any, Self, TypeVar, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ctdenoise.errors import ParameterError
+from ctdenoise.selection import DEFAULT_SELECTION, Selection, SelectionRules
 
 
 class Mode(StrEnum):
@@ -303,8 +306,56 @@ class ModeChoice(ParamModel):
         return tuple(m for m in Mode if m in modes)
 
 
-class RunParams(LocalParams, SvdParams, RankRules, ModeChoice):
-    """What one DAG run takes (the trigger form): the modes, every parameter above, and ``force``."""
+class DeliverChoice(StrEnum):
+    """Keywords of the ``deliver`` parameter (besides output folder names such as ``rank-9``)."""
+
+    AUTOMATIC = "automatic"  # the Gavish-Donoho rank and the local mode's automatic multiplier
+    ALL = "all"
+
+
+DELIVER_ITEM = rf"^({'|'.join(c.value for c in DeliverChoice)}|rank-[1-9][0-9]*|local-x[0-9]+(\.[0-9]+)?)$"
+
+
+class DeliveryChoice(ParamModel):
+    """Which outputs of a completed series go to the deployment's PACS destinations."""
+
+    deliver: tuple[Annotated[str, Field(pattern=DELIVER_ITEM)], ...] = Field(
+        (DeliverChoice.AUTOMATIC.value,),
+        max_length=MAX_RULE_VALUES,
+        title="Deliver to PACS",
+        description="Outputs sent to the destinations of CT_DENOISE_DESTINATIONS once a series is published: "
+        "automatic (the Gavish-Donoho rank and the local mode's automatic multiplier), all, or output names "
+        "(rank-9, local-x0.75); [] turns delivery off. Not part of the params hash.",
+        json_schema_extra={"uniqueItems": True},
+    )
+
+
+def _default_selection() -> SelectionRules:
+    """The built-in selection, constructed without validation (whose keyword check imports
+    pydicom, which the DAG file must not at parse time); a test validates it."""
+    return SelectionRules.model_construct(selections=tuple(Selection.model_construct(**s) for s in DEFAULT_SELECTION["selections"]))
+
+
+class SeriesSelection(ParamModel):
+    """Which series of a partition a run takes (:mod:`ctdenoise.selection`)."""
+
+    selection: SelectionRules = Field(
+        _default_selection(),
+        title="Series selection rules",
+        description="Named selections of conditions on DICOM attributes of a series' first CT slice (regular "
+        "expressions, lists of values that must be present, '!X' to exclude, numbers, [low, high] ranges, "
+        "'>= n' comparisons) plus 'slices', the folder's file count; a series is taken when one selection "
+        "holds. Default: CT_DENOISE_SELECTION, else axial original CT with at least 8 slices. Not part of the params hash.",
+    )
+
+
+NOT_HASHED = frozenset({"force", "deliver", "selection"})
+"""Parameters that do not change what a series' outputs are: a change reprocesses nothing."""
+
+
+class RunParams(DeliveryChoice, SeriesSelection, LocalParams, SvdParams, RankRules, ModeChoice):
+    """What one DAG run takes (the trigger form): the modes, every parameter above, ``selection``,
+    ``deliver`` and ``force``."""
 
     force: bool = Field(
         False,
@@ -334,9 +385,9 @@ class RunParams(LocalParams, SvdParams, RankRules, ModeChoice):
         return _subset(self, SvdParams) if Mode.GLOBAL in self.modes else None
 
     def params_hash(self) -> str:
-        """A short stable hash of what changes results (everything but ``force``; the local
-        algorithm's version when the local mode runs): ``report.json`` records it."""
-        values = self.model_dump(mode="json", exclude={"force"})
+        """A short stable hash of what changes results (everything but :data:`NOT_HASHED`; the
+        local algorithm's version when the local mode runs): ``report.json`` records it."""
+        values = self.model_dump(mode="json", exclude=set(NOT_HASHED))
         if Mode.LOCAL in self.modes:
             values["local_algorithm"] = ALGORITHM
         canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
@@ -459,7 +510,7 @@ def to_arguments(params: ParamModel) -> list[str]:
 
 def markdown_table(model: type[ParamModel] = RunParams) -> str:
     """The parameter table of docs/configuration.md: name, default, mode, meaning."""
-    groups = {name: "both" for name in ("modes", "force")}
+    groups = {name: "both" for name in ("modes", "force", "selection", "deliver")}
     for group, label in ((RankRules, "global"), (SvdParams, "global"), (LocalParams, "local")):
         groups.update({name: label for name in group.model_fields})
     lines = ["| param | default | mode | meaning |", "|---|---|---|---|"]

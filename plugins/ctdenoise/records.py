@@ -4,6 +4,7 @@
 
     discover_series -> Series -> convert -> Converted -> dssvd, plan_ranks -> Output
         -> reconstruct -> Reconstructed -> report -> SeriesReport
+        -> plan_deliveries -> DeliveryItem -> deliver -> Delivered
 
 Both runtimes hand these records over as JSON (``to_xcom`` / ``from_xcom``): the local runtime's
 Python tasks return them, the pods of the kubernetes runtime write the same document to their
@@ -23,6 +24,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, computed_field
 
 from ctdenoise import layout
+from ctdenoise.delivery.outcome import DeliveryRecord
 from ctdenoise.errors import InputError
 from ctdenoise.params import Mode, RunParams, multiplier_label
 
@@ -308,3 +310,41 @@ class SeriesReport(Record):
     outputs: list[str]  # output URLs, global ranks then local multipliers
     auto_rank: int | None = None
     params_hash: str
+
+
+# ---------------------------------------------------------------------------------------------
+# report -> plan_deliveries -> deliver
+
+
+class DeliveryItem(Record):
+    """One deliver task: a published output of a completed series, and the destinations still due."""
+
+    folder: str
+    series_instance_uid: str  # the source series
+    series_url: str  # <denoised>/<uid>: where its report and delivery records live
+    output: str  # the output's folder name: "rank-9", "local-x0.5"
+    output_url: str
+    output_series_uid: str | None = None  # the derived series (None for reports written before it was recorded)
+    automatic: bool = False
+    destinations: tuple[str, ...]  # Airflow connection ids
+
+    @computed_field
+    @property
+    def label(self) -> str:
+        return f"{self.folder} {self.output}"
+
+
+class Delivered(Record):
+    """What ``deliver`` returns: the item and one record per destination that answered."""
+
+    item: DeliveryItem
+    deliveries: tuple[DeliveryRecord, ...]
+
+    @classmethod
+    def from_xcom(cls, value: Any) -> Self:
+        if isinstance(value, cls):
+            return value
+        return cls(item=DeliveryItem.from_xcom(value["item"]), deliveries=tuple(DeliveryRecord.from_json(d) for d in value["deliveries"]))
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {"item": self.item.to_xcom(), "deliveries": [d.as_json() for d in self.deliveries]}

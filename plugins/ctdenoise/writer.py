@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ctdenoise import __version__, matrix_store, storage
+from ctdenoise.derived_series import DEFAULT_PREFIX
 from ctdenoise.errors import InputError, ParameterError
 
 if TYPE_CHECKING:
@@ -139,14 +140,15 @@ def _sample_columns(n: int) -> list[int]:
 
 
 def _series_number(template: Any, denoised: "Denoised") -> int:
-    """The source's SeriesNumber followed by the rank (3 -> 3020 for rank 20; local mode 3901,
-    3902, ... per multiplier), within IS range."""
+    """The source's SeriesNumber followed by the output's (3 -> 3020 for rank 20; local mode
+    3905 for x0.5: :mod:`ctdenoise.derived_series`), within IS range."""
+    from ctdenoise.derived_series import series_number
+
     try:
         base = int(template.get("SeriesNumber") or 0)
     except (TypeError, ValueError):
         base = 0
-    number = denoised.series_number(base)
-    return number if 0 < number < 2**31 else denoised.series_number(0)
+    return series_number(base, denoised.series_number(0))
 
 
 def derived_series_uid(source_series_uid: str, rank: int, svd_attrs: Mapping[str, Any], k: int) -> str:
@@ -165,10 +167,12 @@ def derived_series_uid(source_series_uid: str, rank: int, svd_attrs: Mapping[str
     )
 
 
-def _derived_template(source: SourceSeries, denoised: "Denoised"):
-    """The series-level header of the derived series, from the source's header template."""
+def _derived_template(source: SourceSeries, denoised: "Denoised", prefix: str = DEFAULT_PREFIX):
+    """The series-level header of the derived series, from the source's header template, labelled
+    as a processing result (:mod:`ctdenoise.derived_series`)."""
     from pydicom.dataset import Dataset
 
+    from ctdenoise.derived_series import contributing_equipment, series_description
     from ctdenoise.dicom_out import header_template
 
     header = source.attrs.get("header")
@@ -191,9 +195,11 @@ def _derived_template(source: SourceSeries, denoised: "Denoised"):
     template.Modality = "CT"
     template.SeriesInstanceUID = denoised.series_uid
     template.SeriesNumber = _series_number(template, denoised)
-    template.SeriesDescription = f"ctdenoise {'SVD ' if denoised.mode == 'global' else ''}{denoised.label}"[:64]
+    what = f"{'SVD ' if denoised.mode == 'global' else ''}{denoised.label}"
+    template.SeriesDescription = series_description(prefix, what, template.get("SeriesDescription"))
     template.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     template.DerivationDescription = denoised.derivation()[:1024]
+    template.ContributingEquipmentSequence = [contributing_equipment(template.DerivationDescription)]
     if "WindowCenter" not in template or "WindowWidth" not in template:
         template.WindowCenter, template.WindowWidth = "40", "400"
     return template
@@ -368,7 +374,9 @@ class LocalMultiplier(Denoised):
         }
 
     def series_number(self, base: int) -> int:
-        return base * 1000 + 900 + self.index + 1
+        from ctdenoise.derived_series import local_offset
+
+        return base * 1000 + local_offset(self.multiplier)
 
     def derivation(self) -> str:
         a = self.attrs
@@ -388,8 +396,12 @@ def reconstruct(
     storage_options: Mapping[str, Any] | None = None,
     *,
     multiplier: float | None = None,
+    series_description_prefix: str = DEFAULT_PREFIX,
 ) -> dict[str, Any]:
     """Write one denoised series, its preview and metrics to ``dest_url``.
+
+    ``series_description_prefix`` starts the derived SeriesDescription (the deployment's
+    ``CT_DENOISE_SERIES_DESCRIPTION_PREFIX``; a label: the UIDs do not depend on it).
 
     Global mode: ``svd_url`` is the SVD group and ``rank`` the rank. Local mode: ``svd_url`` is
     the local low-rank group and ``multiplier`` the threshold multiplier (``rank`` is None).
@@ -422,7 +434,8 @@ def reconstruct(
     volume = _denoise_blocks(matrix, matrix_url, denoised, fmt, reference)
     images = SampleImages.of(volume, source, fmt)
     metrics = _metrics(dest_url, source, denoised, volume, images, reference_url)
-    _publish(dest_url, source, denoised, volume, fmt, images, metrics, started, storage_options)
+    template = _derived_template(source, denoised, series_description_prefix)
+    _publish(dest_url, source, denoised, volume, fmt, images, metrics, started, storage_options, template)
     log.info("%s of %s -> %s (%.1f s)", denoised.label, source.series_instance_uid, dest_url, metrics["seconds"])
     return metrics
 
@@ -602,6 +615,7 @@ def _publish(
     metrics: dict[str, Any],
     started: float,
     storage_options: Mapping[str, Any] | None,
+    template: Any = None,
 ) -> None:
     """Stage the DICOM series, the preview and ``metrics.json`` locally, then publish them at
     once (``_SUCCESS`` last), so a reader never sees a partial output.
@@ -609,7 +623,7 @@ def _publish(
     ``seconds`` is added to ``metrics`` when everything but ``metrics.json`` is written, so it
     covers the whole run.
     """
-    template = _derived_template(source, denoised)
+    template = template if template is not None else _derived_template(source, denoised)
     with storage.staging_dir("ctdenoise-reconstruct-") as staged:
         staged = Path(staged)
         _write_dicom(staged / "dicom", template, source, denoised, volume.stored, fmt)

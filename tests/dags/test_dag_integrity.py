@@ -17,6 +17,9 @@ EXPECTED_EDGES = {
     ("discover_series", "report"),
     ("plan_ranks", "report"),
     ("reconstruct", "report"),
+    ("report", "plan_deliveries"),
+    ("plan_deliveries", "deliver"),
+    ("report", "check_series"),
 }
 PARSE_BUDGET_SECONDS = 2.0
 
@@ -76,19 +79,22 @@ def test_graph_is_the_pipeline(probe: dict) -> None:
     tasks = probe["tasks"]
     assert edges(tasks) == EXPECTED_EDGES
     mapped = {task_id for task_id, t in tasks.items() if t["mapped"]}
-    assert mapped == {"convert", "dssvd", "reconstruct", "report"}
+    assert mapped == {"convert", "dssvd", "reconstruct", "report", "deliver"}
     rules = {task_id: t["trigger_rule"] for task_id, t in tasks.items()}
     for task_id in ("dssvd", "plan_ranks", "report"):
         assert rules[task_id] == "all_done_min_one_success", task_id
-    for task_id in ("wait_for_scans", "wait_for_settled_upload", "discover_series", "convert", "reconstruct"):
+    for task_id in ("wait_for_scans", "wait_for_settled_upload", "discover_series", "convert", "reconstruct", "deliver"):
         assert rules[task_id] == "all_success", task_id
+    assert rules["plan_deliveries"] == "all_done"  # a series' delivery never waits for another's report
+    assert rules["check_series"] == "one_failed"  # a failed series still fails the run
 
 
 def test_pools_bound_spark_and_pods(probe: dict) -> None:
     tasks = probe["tasks"]
     assert tasks["dssvd"]["pool"] == "ct_denoise_spark"
     assert tasks["convert"]["pool"] == tasks["reconstruct"]["pool"] == "ct_denoise_pods"
-    for task_id in ("convert", "dssvd", "reconstruct", "discover_series", "plan_ranks", "report"):
+    assert tasks["deliver"]["pool"] == "ct_denoise_delivery"
+    for task_id in ("convert", "dssvd", "reconstruct", "discover_series", "plan_ranks", "report", "plan_deliveries", "deliver", "check_series"):
         assert tasks[task_id]["execution_timeout"], f"{task_id} has no execution timeout"
 
 

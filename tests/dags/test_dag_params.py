@@ -144,3 +144,39 @@ def test_sample_series_uses_default_params() -> None:
     series = sample_series()
     assert series["params"] == RunParams().as_json()
     assert series["svd_url"].endswith("/svd-k50-o15-q2-s0.zarr")
+
+
+# -- selection rules and delivery -------------------------------------------------------------
+
+
+def test_selection_and_deliver_in_the_form(trigger_params: Any) -> None:
+    rules = {"selections": [{"name": "thin CT", "conditions": {"Modality": "CT", "SliceThickness": [0.5, 2]}}]}
+    values = trigger(trigger_params, {"selection": rules, "deliver": ["rank-9", "local-x0.75"]})
+    params = RunParams.from_conf(values)
+    assert params.selection.selections[0].name == "thin CT" and params.deliver == ("rank-9", "local-x0.75")
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="deliver"):
+        trigger(trigger_params, {"deliver": ["rank=9"]})
+
+
+def test_a_malformed_rule_fails_the_run_before_waiting(dag: Any) -> None:
+    """Keyword and regular expression checks need the run-start hook; they fail in one line naming the rule."""
+    hook = dag.task_dict["wait_for_scans"]._pre_execute_hook
+    bad = {"selections": [{"name": "mine", "conditions": {"SeriesDescriptoin": "B30"}}]}
+    with pytest.raises(ParameterError, match="selection 'mine': SeriesDescriptoin: not a DICOM keyword"):
+        hook({"params": {"selection": bad}})
+
+
+def test_the_deployment_default_selection_is_the_form_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    rules = {"selections": [{"name": "site rule", "conditions": {"Modality": "CT", "slices": ">= 40"}}]}
+    from airflow.dag_processing.dagbag import DagBag
+    from dag_fixtures import DAG_FILE, DAG_ID
+
+    monkeypatch.setenv("CT_DENOISE_RUNTIME", "local")
+    monkeypatch.setenv("CT_DENOISE_SELECTION", json.dumps(rules))
+    bag = DagBag(dag_folder=str(DAG_FILE), known_pools={"default_pool"})
+    assert not bag.import_errors, bag.import_errors
+    assert bag.dags[DAG_ID].params["selection"] == rules

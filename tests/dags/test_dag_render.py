@@ -209,7 +209,7 @@ def test_reconstruct_pod_runs_ctdenoise_reconstruct(pods: dict) -> None:
     command = base["args"][base["args"].index("--") + 1 :]
     assert command == [
         "ctdenoise", "reconstruct", series["matrix_url"], series["svd_url"],
-        f"{series['series_url']}/rank-20", "--rank", "20",
+        f"{series['series_url']}/rank-20", "--rank", "20", "--series-description-prefix", "DENOISED",
     ]  # fmt: skip
     assert label_of(op) == "scan-a rank=20"
     assert manifest["metadata"]["namespace"] == "ct-denoise"

@@ -68,7 +68,7 @@ class PullPolicy(StrEnum):
 
 
 # Fields given as JSON in their variable; the Kubernetes model each must match, field by field.
-_JSON_FIELDS = {"spark_conf": None, "convert_resources": None, "reconstruct_resources": None, "spark_labels": None,
+_JSON_FIELDS = {"spark_conf": None, "selection": None, "convert_resources": None, "reconstruct_resources": None, "spark_labels": None,
                 "pod_node_selector": None, "spark_node_selector": None, "pod_tolerations": "V1Toleration",
                 "spark_tolerations": "V1Toleration", "pod_affinity": "V1Affinity", "spark_affinity": "V1Affinity"}  # fmt: skip
 _NONE_WORDS = ("none", "null", "manual")
@@ -182,6 +182,17 @@ class Settings(BaseModel):
     check_pools: bool | None = Field(None, description="fail a run at its start, naming the pool, when `ctdenoise pools` has "
                                      "not created a pool the DAG uses (its tasks would wait forever); empty: on in the "
                                      "kubernetes runtime")  # fmt: skip
+    selection: dict[str, Any] | None = Field(None, description="JSON selection rules, the default of the run parameter "
+                                             "selection (empty: axial original CT with at least 8 slices; see docs/delivery.md)")  # fmt: skip
+    destinations: str = Field("", description="comma-separated Airflow connection ids of the PACS that deliver sends outputs to "
+                              "(DICOMweb or DIMSE, see docs/delivery.md); empty: no delivery")  # fmt: skip
+    delivery_pool: str = Field("ct_denoise_delivery", description="Airflow pool of the deliver tasks (slots = deliveries in flight, "
+                               "i.e. concurrent associations or STOW-RS requests at the PACS)")  # fmt: skip
+    delivery_pool_slots: int = Field(2, ge=1, description="slots of CT_DENOISE_DELIVERY_POOL that `ctdenoise pools` creates")
+    delivery_verify_seconds: float = Field(30.0, ge=0, description="how long a destination may take to show delivered instances "
+                                           "in its QIDO-RS / C-FIND answers before the delivery counts as unconfirmed (retried)")  # fmt: skip
+    series_description_prefix: str = Field("DENOISED", max_length=24, description="start of the SeriesDescription of every derived "
+                                           "series, before the output ('SVD rank 9', 'local x0.5') and the source's description")  # fmt: skip
 
     @field_validator("schedule", mode="before")
     @classmethod
@@ -213,6 +224,20 @@ class Settings(BaseModel):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
         return value
+
+    @field_validator("selection")
+    @classmethod
+    def _selection_object(cls, value: Any) -> Any:
+        """A JSON object here; the rules themselves are checked when a run starts (their keyword
+        check needs pydicom's dictionary, which the DAG file must not import)."""
+        if value is not None and not isinstance(value, dict):
+            raise ValueError('must be a JSON object {"selections": [...]}')
+        return value
+
+    @property
+    def destination_ids(self) -> list[str]:
+        """The Airflow connection ids of :attr:`destinations`, in order."""
+        return [c.strip() for c in self.destinations.split(",") if c.strip()]
 
     @field_validator(*_JSON_FIELDS, mode="before")
     @classmethod

@@ -24,7 +24,8 @@ Upload settled (the rule that keeps half-uploaded series out)
 
 Identity and "already published"
     ``discover_series`` reads the header of the first CT slice of each folder (one ranged read)
-    for its SeriesInstanceUID: results go to ``denoised/<SeriesInstanceUID>/``, and a series
+    for the run's selection rules (:mod:`ctdenoise.selection`: a folder none takes is skipped,
+    never converted) and for its SeriesInstanceUID: results go to ``denoised/<SeriesInstanceUID>/``, and a series
     whose ``report.json`` carries the same parameter hash is skipped unless ``force``. Two
     folders of one partition with the same SeriesInstanceUID: the second is skipped.
 """
@@ -150,7 +151,22 @@ def settled_state(
 
 
 def first_ct_series_uid(fs: Any, files: Sequence[Mapping[str, Any]]) -> tuple[str | None, str]:
-    """SeriesInstanceUID of the first CT slice among ``files`` (headers only), or ``(None, why)``.
+    """SeriesInstanceUID of the first CT slice among ``files`` (headers only), or ``(None, why)``."""
+    header, why = first_ct_header(fs, files)
+    return (None, why) if header is None else (str(header.SeriesInstanceUID).strip(), "")
+
+
+def slice_files(files: Sequence[Mapping[str, Any]]) -> int:
+    """The files of a series folder that may be slices (our commit markers left out): what the
+    selection rules call ``slices`` (counting decoded slices would read every header)."""
+    from ctdenoise.dicom_series import IGNORED_NAMES
+
+    return sum(posixpath.basename(f["path"]) not in IGNORED_NAMES for f in files)
+
+
+def first_ct_header(fs: Any, files: Sequence[Mapping[str, Any]]) -> tuple[Any, str]:
+    """The header of the first CT slice among ``files`` (a pydicom Dataset without pixel data),
+    or ``(None, why)``.
 
     ``fs`` is the fsspec filesystem of the listing. Files are tried in name order; usually the
     first one answers with one ranged read (pydicom stops before the pixel data).
@@ -177,7 +193,7 @@ def first_ct_series_uid(fs: Any, files: Sequence[Mapping[str, Any]]) -> tuple[st
             continue
         reason = skip_reason(ds, name)
         if reason is None:
-            return str(ds.SeriesInstanceUID).strip(), ""
+            return ds, ""
         reasons.append(f"{name}: {reason}")
     summary = "; ".join(reasons[:3]) + (f"; ... ({len(reasons)} files)" if len(reasons) > 3 else "")
     return None, f"no CT image slice ({summary})"
@@ -208,7 +224,10 @@ def discover(
     now: datetime | None = None,
 ) -> tuple[list[Series], list[dict[str, str]]]:
     """``(series to process, skipped folders with reasons)`` for one partition; with
-    ``params.force`` the already-published check is not applied."""
+    ``params.force`` the already-published check is not applied. A folder the run's selection
+    rules exclude is skipped with the condition that excluded it (:mod:`ctdenoise.selection`);
+    a series skipped as already published carries its ``published`` series URL (its outputs
+    may still be due for delivery)."""
     fs, _ = storage.get_fs(partition_url, storage_options)
     listing = list_partition(partition_url, storage_options)
     unsettled = unsettled_folders(listing, settle_seconds, now)
@@ -227,10 +246,15 @@ def discover(
         if folder in unsettled:
             skip(folder, f"upload not settled (last change {unsettled[folder]} s ago < {settle_seconds} s); a later run takes it")
             continue
-        uid, why = first_ct_series_uid(fs, files)
-        if uid is None:
+        header, why = first_ct_header(fs, files)
+        if header is None:
             skip(folder, why)
             continue
+        excluded = params.selection.excluded_by(header, slice_files(files))
+        if excluded:
+            skip(folder, excluded)
+            continue
+        uid = str(header.SeriesInstanceUID).strip()
         if uid in seen:
             skip(folder, f"SeriesInstanceUID {uid} already in folder {seen[uid]} of this partition")
             continue
@@ -240,6 +264,7 @@ def discover(
                         params=params)  # fmt: skip
         if not params.force and published_hash(layout.report_json(record.series_url), storage_options) == record.params_hash:
             skip(folder, f"series {uid} already published with the same parameters ({record.params_hash}); set force to redo")
+            skipped[-1]["published"] = record.series_url  # its outputs may still be due for delivery
             continue
         series.append(record)
     return series, skipped

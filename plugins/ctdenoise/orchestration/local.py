@@ -39,13 +39,14 @@ def convert_series(series: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
     return Converted.from_outcomes(one, outcomes).to_xcom()
 
 
-def reconstruct_output(item: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
+def reconstruct_output(item: dict[str, Any], aws_conn_id: str, series_description_prefix: str = "DENOISED") -> dict[str, Any]:
     """``ctdenoise reconstruct`` of one planned output (a global rank or a local multiplier); the reconstruct XCom."""
     from ctdenoise.records import Output, Reconstructed
     from ctdenoise.writer import reconstruct
 
     output = Output.from_xcom(item)
-    metrics = reconstruct(**output.reconstruct_kwargs(), storage_options=aws.storage_options(aws_conn_id))
+    metrics = reconstruct(**output.reconstruct_kwargs(), storage_options=aws.storage_options(aws_conn_id),
+                          series_description_prefix=series_description_prefix)  # fmt: skip
     return Reconstructed.from_metrics(output, [metrics]).to_xcom()
 
 
@@ -112,10 +113,11 @@ def reconstruct(settings: Settings, plan: Any) -> Any:
     """``reconstruct`` mapped over the flat plan, labelled "<series> rank=<r>" or "<series> local x<m>"."""
 
     @task(task_id="reconstruct", map_index_template="{{ task.op_kwargs['item']['label'] }}", **_task_kwargs(settings, 60))
-    def reconstruct_task(item: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
-        return reconstruct_output(item, aws_conn_id)
+    def reconstruct_task(item: dict[str, Any], aws_conn_id: str, series_description_prefix: str) -> dict[str, Any]:
+        return reconstruct_output(item, aws_conn_id, series_description_prefix)
 
-    return reconstruct_task.partial(aws_conn_id=settings.aws_conn_id).expand_kwargs(plan.map(plan_item_kwargs))
+    return reconstruct_task.partial(aws_conn_id=settings.aws_conn_id, series_description_prefix=settings.series_description_prefix
+                                    ).expand_kwargs(plan.map(plan_item_kwargs))  # fmt: skip
 
 
 def plan_item_kwargs(item: dict[str, Any]) -> dict[str, Any]:

@@ -166,14 +166,15 @@ def convert_pod_kwargs(series: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def reconstruct_pod_kwargs(item: dict[str, Any]) -> dict[str, Any]:
-    """Per-output kwargs of the reconstruct pod (an ``XComArg.map`` function)."""
+def reconstruct_pod_kwargs(item: dict[str, Any], series_description_prefix: str = "DENOISED") -> dict[str, Any]:
+    """Per-output kwargs of the reconstruct pod (an ``XComArg.map`` function, bound to the
+    deployment's SeriesDescription prefix by :func:`reconstruct`)."""
     from ctdenoise.records import Output
 
     output = Output.from_xcom(item)
     return {
         "arguments": ["reconstruct", "--task", json.dumps(output.to_xcom(), sort_keys=True), "--", "ctdenoise",
-                      *output.reconstruct_arguments()],  # fmt: skip
+                      *output.reconstruct_arguments(), "--series-description-prefix", series_description_prefix],  # fmt: skip
         "annotations": {
             LABEL_ANNOTATION: output.label,
             "ctdenoise/series-instance-uid": output.series.series_instance_uid,
@@ -231,8 +232,13 @@ def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
 
 def reconstruct(settings: Settings, plan: Any) -> Any:
     """``reconstruct`` pods mapped over the flat (series, rank) plan, labelled "<series> rank=<r>"."""
+    prefix = settings.series_description_prefix
+
+    def kwargs(item: dict[str, Any]) -> dict[str, Any]:
+        return reconstruct_pod_kwargs(item, prefix)
+
     return (
         CtDenoisePodOperator.partial(task_id="reconstruct", **pod_partial_kwargs(settings, "reconstruct"))
-        .expand_kwargs(plan.map(reconstruct_pod_kwargs))
+        .expand_kwargs(plan.map(kwargs))
         .output
     )

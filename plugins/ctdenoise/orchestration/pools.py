@@ -42,6 +42,7 @@ def declared(settings: Settings) -> list[PoolSpec]:
     return [
         PoolSpec(settings.spark_pool, settings.spark_pool_slots, "ct_denoise dssvd: Spark applications in flight"),
         PoolSpec(settings.pod_pool, settings.pod_pool_slots, "ct_denoise convert and reconstruct in flight"),
+        PoolSpec(settings.delivery_pool, settings.delivery_pool_slots, "ct_denoise deliver: deliveries to the PACS in flight"),
     ]
 
 

@@ -8,19 +8,22 @@ model's: :func:`check_params` runs them when the run starts, before ``wait_for_s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ctdenoise.params import RunParams, param_schemas
 
 
-def dag_params() -> dict[str, Any]:
-    """``{name: airflow.sdk.Param}`` for ``@dag(params=...)``: the trigger form."""
+def dag_params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``{name: airflow.sdk.Param}`` for ``@dag(params=...)``: the trigger form. ``defaults``
+    replaces the declared default of some (the deployment's ``CT_DENOISE_SELECTION``)."""
     from airflow.sdk import Param
 
     params = {}
     for name, schema in param_schemas(RunParams).items():
         schema = dict(schema)
         default, description = schema.pop("default"), schema.pop("description")
+        default = (defaults or {}).get(name, default)
         params[name] = Param(default, description=description, **schema)
     return params
 

@@ -51,7 +51,10 @@ def write_report(
     versions = dict(run.versions or installed_versions())
     summary = build_summary(series, data, ranks, local, run, versions, reference_url)
     summary["omitted"] = [{"output": o.label, "reason": o.reason} for o in omitted if o.series.folder == series.folder]
-    page = render_page(series, data, summary, ranks, local, run, reference_url)
+    from ctdenoise.report.deliveries import load_records, section_html
+
+    deliveries = section_html(load_records(series.series_url, storage_options))  # earlier deliveries stay on the page
+    page = render_page(series, data, summary, ranks, local, run, reference_url, deliveries)
     storage.write_bytes(layout.report_html(series.series_url), page.encode("utf-8"), storage_options)
     payload = json.dumps(summary, sort_keys=True, indent=2, allow_nan=False) + "\n"
     storage.write_bytes(layout.report_json(series.series_url), payload.encode("utf-8"), storage_options)

@@ -168,8 +168,10 @@ def provenance(series: Series, data: SeriesData, run: RunInfo, reference_url: st
 
 
 def render_page(series: Series, data: SeriesData, summary: Mapping[str, Any], ranks: Sequence[ReportEntry],
-                local: Sequence[ReportEntry], run: RunInfo, reference_url: str | None) -> str:  # fmt: skip
-    """The HTML page (Jinja, autoescaped: DICOM text and parameters cannot inject markup)."""
+                local: Sequence[ReportEntry], run: RunInfo, reference_url: str | None, deliveries: str = "") -> str:  # fmt: skip
+    """The HTML page (Jinja, autoescaped: DICOM text and parameters cannot inject markup).
+    ``deliveries``: the "Delivered to PACS" section (:func:`ctdenoise.report.deliveries.section_html`,
+    already escaped), which the deliver step rewrites in place."""
     import jinja2
 
     gd = summary["gavish_donoho"] or {}
@@ -199,6 +201,7 @@ def render_page(series: Series, data: SeriesData, summary: Mapping[str, Any], ra
         "params_hash": series.params_hash,
         "provenance": provenance(series, data, run, reference_url),
         "versions": [(key, plain(value)) for key, value in sorted(summary["versions"].items())],
+        "deliveries": deliveries,
     }  # fmt: skip
     source = resources.files("ctdenoise.report").joinpath(TEMPLATE).read_text(encoding="utf-8")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

@@ -44,6 +44,7 @@ def build_summary(
         "failed_ranks": [e.rank for e in ranks if not e.ok],
         "local": local_summary(data, local),
         "report_html": layout.report_html(series.series_url),
+        "deliveries_json": layout.deliveries_json(series.series_url),  # written by deliver: what went to which PACS, when
     })  # fmt: skip
 
 
