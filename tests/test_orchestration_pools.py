@@ -19,13 +19,13 @@ KUBE = load_settings({"CT_DENOISE_RUNTIME": "kubernetes"})
 
 def test_declared_pools_come_from_the_settings() -> None:
     settings = load_settings({"CT_DENOISE_SPARK_POOL": "spark_small", "CT_DENOISE_SPARK_POOL_SLOTS": "3"})
-    assert [(p.name, p.slots) for p in pools.declared(settings)] == [("spark_small", 3), ("ct_denoise_pods", 4)]
+    assert [(p.name, p.slots) for p in pools.declared(settings)] == [("spark_small", 3), ("ct_denoise_pods", 4), ("ct_denoise_delivery", 2)]
 
 
 def test_missing_pools_are_those_not_recorded() -> None:
-    assert pools.missing(KUBE, None) == ["ct_denoise_spark", "ct_denoise_pods"]
-    assert pools.missing(KUBE, {"ct_denoise_spark": 1}) == ["ct_denoise_pods"]
-    assert pools.missing(KUBE, {"ct_denoise_spark": 1, "ct_denoise_pods": 4}) == []
+    assert pools.missing(KUBE, None) == ["ct_denoise_spark", "ct_denoise_pods", "ct_denoise_delivery"]
+    assert pools.missing(KUBE, {"ct_denoise_spark": 1, "ct_denoise_delivery": 2}) == ["ct_denoise_pods"]
+    assert pools.missing(KUBE, {"ct_denoise_spark": 1, "ct_denoise_pods": 4, "ct_denoise_delivery": 2}) == []
 
 
 def fake_variable(monkeypatch: pytest.MonkeyPatch, value: Any) -> None:
@@ -36,11 +36,11 @@ def fake_variable(monkeypatch: pytest.MonkeyPatch, value: Any) -> None:
 
 
 def test_a_run_fails_at_its_start_naming_a_missing_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_variable(monkeypatch, {"ct_denoise_pods": 4})
+    fake_variable(monkeypatch, {"ct_denoise_pods": 4, "ct_denoise_delivery": 2})
     with pytest.raises(ParameterError, match="pool 'ct_denoise_spark' was not created by `ctdenoise pools`") as raised:
         pools.check(KUBE)
     assert "\n" not in str(raised.value)
-    fake_variable(monkeypatch, {"ct_denoise_pods": 4, "ct_denoise_spark": 1})
+    fake_variable(monkeypatch, {"ct_denoise_pods": 4, "ct_denoise_spark": 1, "ct_denoise_delivery": 2})
     pools.check(KUBE)
 
 
