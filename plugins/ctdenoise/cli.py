@@ -13,8 +13,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from ctdenoise.params import LocalParams, RankRules, SvdParams, add_arguments, from_arguments
+from ctdenoise.params import InputRules, LocalParams, ModeChoice, RankRules, RunParams, SvdParams, add_arguments, from_arguments
 
 
 def _emit(record: dict) -> None:
@@ -33,21 +34,37 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """Exit 0 when every CT series converted, 3 (partial) when some did and others were refused,
-    2 when none could be (the refusals are input errors, named one per line)."""
+    """The folder's status from its series' outcomes (:func:`convert_status`)."""
     from ctdenoise.convert import convert
-    from ctdenoise.errors import EXIT_INPUT, EXIT_OK, EXIT_PARTIAL
+
+    params = RunParams.parse({**from_arguments(ModeChoice, args, args.src).as_json(),
+                              **from_arguments(InputRules, args, args.src).as_json()}, args.src)  # fmt: skip
+    outcomes = []
+    for outcome in convert(args.src, args.dst, params=params):
+        _emit(outcome.to_xcom())
+        outcomes.append(outcome)
+    return convert_status(outcomes, args.src)
+
+
+def convert_status(outcomes: Sequence[Any], src: str) -> int:
+    """0 when every CT series converted; 75 when one failed for a transient reason (retry: the
+    others are rewritten identically); 1 for a bug; else 3 (partial) when some converted and
+    others were refused, 2 when none could be (each refusal is named on its own line)."""
+    from ctdenoise.errors import EXIT_BUG, EXIT_INPUT, EXIT_OK, EXIT_PARTIAL, EXIT_TRANSIENT, Failure
     from ctdenoise.records import Failed, Written
 
-    written = failed = 0
-    for outcome in convert(args.src, args.dst):
-        _emit(outcome.to_xcom())
-        written += isinstance(outcome, Written)
-        failed += isinstance(outcome, Failed)
+    kinds = {o.kind for o in outcomes if isinstance(o, Failed)}
+    written = sum(isinstance(o, Written) for o in outcomes)
+    if Failure.TRANSIENT in kinds:
+        print(f"error: some series of {src} failed for a transient reason (transient: retry later)", file=sys.stderr)
+        return EXIT_TRANSIENT
+    if Failure.BUG in kinds:
+        print(f"error: some series of {src} failed unexpectedly (see the log)", file=sys.stderr)
+        return EXIT_BUG
     if written == 0:
-        print(f"error: no CT series could be converted from {args.src}", file=sys.stderr)
+        print(f"error: no CT series could be converted from {src}", file=sys.stderr)
         return EXIT_INPUT
-    return EXIT_PARTIAL if failed else EXIT_OK
+    return EXIT_PARTIAL if kinds else EXIT_OK
 
 
 def cmd_svd(args: argparse.Namespace) -> int:
@@ -101,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="DICOM series -> Zarr matrices (voxels x slices, HU)")
     p.add_argument("src", help="folder or fsspec URL prefix holding DICOM files")
     p.add_argument("dst", help="folder or URL receiving <SeriesInstanceUID>.zarr")
+    add_arguments(p.add_argument_group("which series are accepted"), ModeChoice)
+    add_arguments(p.add_argument_group("which series are accepted"), InputRules)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("svd", help="single-machine SVD of a matrix (the Spark job: spark/dssvd.py --out)")

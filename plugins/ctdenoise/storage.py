@@ -17,9 +17,11 @@ S3 endpoint and credentials come from the environment (``AWS_ENDPOINT_URL``,
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -28,8 +30,14 @@ from typing import Any
 
 import fsspec
 
+log = logging.getLogger(__name__)
+
 SUCCESS_MARKER = "_SUCCESS"
 ZARR_METADATA = "zarr.json"
+READ_ATTEMPTS = 3
+"""Reads of input objects (:func:`fetch`) tried this often before a transient failure is final."""
+READ_BACKOFF_SECONDS = 1.0
+"""Wait before the second attempt; doubled before each later one."""
 
 
 def storage_options_from_env(protocol: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -221,3 +229,28 @@ def write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None
 def read_bytes(url: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
     fs, path = get_fs(url, storage_options)
     return fs.cat_file(path)
+
+
+def fetch(fs: fsspec.AbstractFileSystem, path: str, url: str, end: int | None = None) -> bytes:
+    """The first ``end`` bytes of one object (all of it by default), read again after a
+    transient failure.
+
+    A storage error is never a property of the file it happened on: after :data:`READ_ATTEMPTS`
+    tries (backoff from :data:`READ_BACKOFF_SECONDS`, doubling) it becomes a
+    :class:`~ctdenoise.errors.TransientError` naming ``url``, which fails the series as
+    transient (retried) instead of passing the file off as unreadable. Input errors (a missing
+    object) propagate unchanged.
+    """
+    from ctdenoise.errors import TransientError, is_transient, one_line
+
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return fs.cat_file(path, start=None if end is None else 0, end=end)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == READ_ATTEMPTS:
+                raise TransientError(f"{url}: storage error after {attempt} attempts: {one_line(exc)}") from exc
+            log.warning("%s: read failed (%s); attempt %d of %d", url, one_line(exc), attempt + 1, READ_ATTEMPTS)
+            time.sleep(READ_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")

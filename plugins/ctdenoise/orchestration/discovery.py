@@ -24,9 +24,11 @@ Upload settled (the rule that keeps half-uploaded series out)
 
 Identity and "already published"
     ``discover_series`` reads the header of the first CT slice of each folder (one ranged read)
-    for its SeriesInstanceUID: results go to ``denoised/<SeriesInstanceUID>/``, and a series
-    whose ``report.json`` carries the same parameter hash is skipped unless ``force``. Two
-    folders of one partition with the same SeriesInstanceUID: the second is skipped.
+    for its SeriesInstanceUID (a folder whose UID is not a valid DICOM UID is skipped):
+    results go to ``denoised/<SeriesInstanceUID>/``, and a series whose ``report.json``
+    carries the same parameter hash is skipped unless ``force``. Two folders of one partition
+    with the same SeriesInstanceUID: the second is skipped. Storage errors fail the task (it is
+    retried): a folder is never left out of its own date's run because S3 stumbled.
 """
 
 from __future__ import annotations
@@ -153,11 +155,14 @@ def first_ct_series_uid(fs: Any, files: Sequence[Mapping[str, Any]]) -> tuple[st
     """SeriesInstanceUID of the first CT slice among ``files`` (headers only), or ``(None, why)``.
 
     ``fs`` is the fsspec filesystem of the listing. Files are tried in name order; usually the
-    first one answers with one ranged read (pydicom stops before the pixel data).
+    first one answers with one ranged read (pydicom stops before the pixel data). A UID that is
+    not a valid DICOM UID names no folder (``denoised/<uid>/``): the folder is skipped. Storage
+    errors are not the file's fault: they propagate (the task retries) instead of skipping it.
     """
     from pydicom.errors import InvalidDicomError
 
-    from ctdenoise.dicom_series import IGNORED_NAMES, read_header, skip_reason
+    from ctdenoise.dicom_series import IGNORED_NAMES, UnreadableHeader, read_header, skip_reason
+    from ctdenoise.uids import shown, uid_problem
 
     if not files:
         return None, "empty folder"
@@ -168,16 +173,20 @@ def first_ct_series_uid(fs: Any, files: Sequence[Mapping[str, Any]]) -> tuple[st
         if name in IGNORED_NAMES:
             continue
         try:
-            ds = read_header(fs, path, path)
+            ds, _ = read_header(fs, path, path, f.get("size"))
         except InvalidDicomError:
             reasons.append(f"{name}: not DICOM")
             continue
-        except Exception as exc:  # truncated headers fail in many ways; convert reports them precisely
-            reasons.append(f"{name}: unreadable header ({exc.__class__.__name__})")
+        except UnreadableHeader as exc:  # convert reports it precisely, and fails the series for it
+            reasons.append(f"{name}: {exc}")
             continue
         reason = skip_reason(ds, name)
         if reason is None:
-            return str(ds.SeriesInstanceUID).strip(), ""
+            uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+            problem = uid_problem(uid)
+            if problem:
+                return None, f"{name}: SeriesInstanceUID {shown(uid)} is not a valid DICOM UID: {problem}"
+            return uid, ""
         reasons.append(f"{name}: {reason}")
     summary = "; ".join(reasons[:3]) + (f"; ... ({len(reasons)} files)" if len(reasons) > 3 else "")
     return None, f"no CT image slice ({summary})"
