@@ -58,3 +58,9 @@ def report_json(series_url: str) -> str:
 
 def report_html(series_url: str) -> str:
     return join(series_url, REPORT_HTML)
+
+
+def report_vouching_for(output_url: str) -> str:
+    """The ``report.json`` that vouches for an output (``<series>/rank-<r>/`` -> ``<series>/report.json``):
+    withdrawn before the output changes."""
+    return report_json(output_url.rstrip("/").rsplit("/", 1)[0])

@@ -26,14 +26,14 @@ Identity and "already published"
     ``discover_series`` reads the header of the first CT slice of each folder (one ranged read)
     for its SeriesInstanceUID (a folder whose UID is not a valid DICOM UID is skipped):
     results go to ``denoised/<SeriesInstanceUID>/``, and a series whose ``report.json``
-    carries the same parameter hash is skipped unless ``force``. Two folders of one partition
+    carries the same parameter hash, and still vouches for every output it lists
+    (:mod:`ctdenoise.completion`), is skipped unless ``force``. Two folders of one partition
     with the same SeriesInstanceUID: the second is skipped. Storage errors fail the task (it is
     retried): a folder is never left out of its own date's run because S3 stumbled.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 import re
@@ -193,16 +193,11 @@ def first_ct_series_uid(fs: Any, files: Sequence[Mapping[str, Any]]) -> tuple[st
 
 
 def published_hash(report_url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
-    """The ``params_hash`` of a published ``report.json``, or None if there is none (or unreadable)."""
-    try:
-        data = json.loads(storage.read_bytes(report_url, storage_options))
-    except FileNotFoundError:
-        return None
-    except (ValueError, OSError) as exc:
-        log.warning("%s: unreadable (%s); treated as not published", report_url, exc)
-        return None
-    value = data.get("params_hash") if isinstance(data, dict) else None
-    return str(value) if value else None
+    """The ``params_hash`` of a published ``report.json`` when it may be trusted (every output it
+    vouches for still published as it saw it: :func:`ctdenoise.completion.trusted_hash`), else None."""
+    from ctdenoise.completion import trusted_hash
+
+    return trusted_hash(report_url.rstrip("/").rsplit("/", 1)[0], storage_options)
 
 
 def discover(

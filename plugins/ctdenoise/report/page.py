@@ -135,6 +135,7 @@ def facts(series: Series, data: SeriesData, summary: Mapping[str, Any], ranks: S
         ("Ranks", ", ".join(str(e.rank) for e in ranks) or "—"),
         ("Local mode", local_text),
         ("Failed ranks", ", ".join(map(str, summary["failed_ranks"])) or "none"),
+        ("Accepted with warnings", "; ".join(summary.get("warnings") or []) or "none"),
     ]
 
 
