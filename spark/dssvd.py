@@ -14,7 +14,9 @@ bands of ``D`` straight into the uncommitted group.
 Exit status: 0 on success, the result as one JSON line (the last line of the output); else
 one ``error: ...`` line and the status of the failure's kind (``ctdenoise.errors``): 2 for a
 missing matrix or a bad parameter (checked before Spark starts), 75 for a storage, network or
-memory failure (retried), 1 otherwise (a failed Spark stage: the cause is logged).
+memory failure (retried), 1 otherwise (a failed Spark stage: the cause is logged). Logging as
+the ``ctdenoise`` command's (``ctdenoise.logs``): ``-v`` never turns on the S3 client's debug
+output.
 """
 
 from __future__ import annotations
@@ -171,13 +173,13 @@ def configure(plugins_path: str | None = None):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
     plugins_path = _ensure_package()
+    from ctdenoise import logs
     from ctdenoise.errors import Failure, classify, exit_code, one_line
     from ctdenoise.job import DssvdJob, check_job, run_job
     from ctdenoise.matrix_store import open_matrix
 
+    logs.configure(args.verbose)
     try:  # fail fast, before a SparkContext: a missing matrix or a bad parameter exits 2
         job = DssvdJob.from_arguments(args)
         check_job(job, open_matrix(job.matrix).shape)

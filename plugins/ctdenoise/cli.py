@@ -3,7 +3,8 @@
 Failures print one ``error:`` line on stderr and exit with the status of their kind
 (:mod:`ctdenoise.errors`: 2 bad input or parameters, 3 a partial conversion, 75 transient, 1 a
 bug); results are printed as JSON lines on stdout so that callers (the DAG, XCom sidecars, shell
-pipelines) can parse them.
+pipelines) can parse them. Logging (:mod:`ctdenoise.logs`): one line per problem, each warning
+once, no secrets; ``-v`` adds ctdenoise's debug output and tracebacks, not the S3 client's.
 """
 
 from __future__ import annotations
@@ -152,27 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _OneLineFormatter(logging.Formatter):
-    """Log records without tracebacks: libraries (pydicom's decoders) log expected failures with
-    ``exc_info``, and a user should read one line per problem. ``--verbose`` keeps tracebacks."""
-
-    def formatException(self, ei) -> str:  # noqa: N802 (logging's API)
-        return ""
-
-    def formatStack(self, stack_info: str) -> str:  # noqa: N802
-        return ""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a failure prints one ``error:`` line and exits with its kind's status
     (:mod:`ctdenoise.errors`: 2 input, 75 transient, 1 a bug, whose traceback ``-v`` shows)."""
     from ctdenoise.errors import Failure, classify, exit_code, one_line
 
+    from ctdenoise import logs
+
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt) if args.verbose else _OneLineFormatter(fmt))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
+    logs.configure(args.verbose)
     try:
         return args.func(args)
     except Exception as exc:
