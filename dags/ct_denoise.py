@@ -4,6 +4,7 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
 
     wait_for_scans >> wait_for_settled_upload >> discover_series >> convert[series]
         >> dssvd[series] >> plan_ranks >> reconstruct[series, rank] >> report[series]
+        >> clean_work[series]
 
 - ``wait_for_scans``: deferrable S3KeySensor for DICOM keys in the partition; an empty
   partition times out into *skipped* (soft fail), not failed.
@@ -19,6 +20,9 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
 - ``reconstruct``: one task per output, labelled "<series> rank=<r>" or "<series> local x<m>".
 - ``report``: per series; publishes ``report.html`` then ``report.json`` (the completion
   marker) only when every planned rank of the series was written.
+- ``clean_work``: per series, a teardown (it runs whatever happened before it, and does not
+  decide the run's state); removes the work data of each series that every step in
+  ``RETENTION_AFTER`` completed (``CT_DENOISE_WORK_RETENTION``, docs/data-retention.md).
 
 A failing series fails its own task instances; the others finish (see the trigger rules below
 and ``ctdenoise.report.publish_report``). The runtime (``local`` or ``kubernetes``) and the
@@ -136,6 +140,26 @@ def report(series: dict, dag_run=None, ti=None) -> dict:  # noqa: ANN001
     return done.to_xcom()
 
 
+# A series' work data (patient data) goes once every one of these succeeded for it. When the DAG
+# delivers to a PACS, add "deliver" here and put the deliver task between report and clean_work.
+RETENTION_AFTER = ("report",)
+
+
+@task(task_id="clean_work", execution_timeout=timedelta(minutes=30), map_index_template="{{ task.op_kwargs['series']['label'] }}")
+def clean_work(series: dict, ti=None) -> dict:  # noqa: ANN001
+    from ctdenoise.orchestration import aws
+    from ctdenoise.orchestration.config import WorkRetention
+    from ctdenoise.records import Series
+    from ctdenoise.retention import clean_series_work
+
+    one = Series.from_xcom(series)
+    pending = [t for t in RETENTION_AFTER if one.folder not in {r.get("folder") for r in as_list(ti.xcom_pull(task_ids=t))}]
+    if pending:
+        raise AirflowSkipException(f"{one.where}: work data kept ({', '.join(pending)} did not complete for it)")
+    remove = settings.work_retention == WorkRetention.REMOVE
+    return clean_series_work(one, remove, aws.storage_options(settings.aws_conn_id))
+
+
 def as_list(value) -> list:  # noqa: ANN001
     """XCom pulls give a value, a list, or None: always a list without Nones."""
     if value is None:
@@ -189,10 +213,12 @@ def ct_denoise() -> None:
     plan = plan_ranks(converted)
     denoised = runtime.reconstruct(settings, plan)
     reports = report.expand(series=series)
+    cleaned = clean_work.expand(series=series)
 
     wait_for_scans >> wait_for_settled_upload >> series
     svds >> plan
     [plan, denoised] >> reports
+    reports >> cleaned.as_teardown()
 
 
 ct_denoise()

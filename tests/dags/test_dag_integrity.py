@@ -17,6 +17,8 @@ EXPECTED_EDGES = {
     ("discover_series", "report"),
     ("plan_ranks", "report"),
     ("reconstruct", "report"),
+    ("discover_series", "clean_work"),
+    ("report", "clean_work"),
 }
 PARSE_BUDGET_SECONDS = 2.0
 
@@ -76,12 +78,25 @@ def test_graph_is_the_pipeline(probe: dict) -> None:
     tasks = probe["tasks"]
     assert edges(tasks) == EXPECTED_EDGES
     mapped = {task_id for task_id, t in tasks.items() if t["mapped"]}
-    assert mapped == {"convert", "dssvd", "reconstruct", "report"}
+    assert mapped == {"convert", "dssvd", "reconstruct", "report", "clean_work"}
     rules = {task_id: t["trigger_rule"] for task_id, t in tasks.items()}
     for task_id in ("dssvd", "plan_ranks", "report"):
         assert rules[task_id] == "all_done_min_one_success", task_id
+    # a teardown: runs whatever happened before it, and the run's state stays report's
+    assert rules["clean_work"] == "all_done_setup_success"
     for task_id in ("wait_for_scans", "wait_for_settled_upload", "discover_series", "convert", "reconstruct"):
         assert rules[task_id] == "all_success", task_id
+
+
+def test_clean_work_is_a_teardown_that_waits_for_report(dag) -> None:  # noqa: ANN001 (the parsed DAG)
+    """Work data goes after report (and, once the DAG delivers, after deliver); as a teardown
+    clean_work never decides the run's state, which stays failed when a series failed."""
+    import sys
+
+    clean = dag.get_task("clean_work")
+    assert sys.modules[clean.python_callable.__module__].RETENTION_AFTER == ("report",)
+    assert clean.is_teardown and not clean.on_failure_fail_dagrun
+    assert "report" in clean.upstream_task_ids
 
 
 def test_pools_bound_spark_and_pods(probe: dict) -> None:

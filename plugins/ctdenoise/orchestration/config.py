@@ -41,6 +41,13 @@ class Runtime(StrEnum):
     KUBERNETES = "kubernetes"
 
 
+class WorkRetention(StrEnum):
+    """How long a series' work data (matrices with their DICOM header, decompositions) is kept."""
+
+    REMOVE = "remove"
+    KEEP = "keep"
+
+
 class Settings(BaseModel):
     """Everything the DAG reads from the environment, one field per ``CT_DENOISE_*`` variable."""
 
@@ -92,6 +99,9 @@ class Settings(BaseModel):
     spark_executor_instances: int = Field(2, ge=1, description="Spark executors per SparkApplication")
     spark_executor_cores: int = Field(1, ge=1, description="cores per Spark executor")
     spark_executor_memory: str = Field("2g", description="memory per Spark executor")
+    work_retention: WorkRetention = Field(WorkRetention.REMOVE, description="remove: clean_work deletes a series' work data "
+                                          "(its matrix holds the DICOM header) once its outputs are published and delivered "
+                                          "(see docs/data-retention.md); keep: never (debugging)")  # fmt: skip
 
     @field_validator("schedule", mode="before")
     @classmethod
