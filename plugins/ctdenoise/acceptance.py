@@ -107,7 +107,8 @@ def _check_rescale(headers: Sequence[SliceHeader], refuse) -> None:  # noqa: ANN
             except (TypeError, ValueError):
                 value = math.nan
             if not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
-                raise refuse(h.url, f"{keyword} {raw}: stored values cannot become HU" + (
+                shown_value = f"{value:g}" if math.isfinite(value) else repr(str(raw))
+                raise refuse(h.url, f"{keyword} {shown_value}: stored values cannot become HU" + (
                     " (every pixel would be the intercept)" if value == 0 else ""))  # fmt: skip
 
 

@@ -58,6 +58,7 @@ IGNORED_NAMES = {storage.SUCCESS_MARKER}  # our own commit markers: not input, n
 # A data set without preamble starts with a group 0x0002 or 0x0008 tag (little or big endian).
 RAW_DATASET_STARTS = {b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"}
 HEADER_BLOCK_SIZE = 2**18  # bytes fetched first for a header (the whole file if the header is longer)
+NOT_IDENTIFIED = "no SOPClassUID and no CT Modality"
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")  # the CT Image module's photometric interpretations
 MAX_HU = 32767
 """Above this a value is not CT: a signed image declared unsigned (PixelRepresentation 0), or a
@@ -189,7 +190,7 @@ def skip_reason(ds: Dataset, name: str) -> str | None:
     if sop_class and sop_class != CT_IMAGE_STORAGE:
         return f"SOP class {_class_name(sop_class)}, not CT Image Storage"
     if not sop_class and modality != "CT":
-        return "no SOPClassUID and no CT Modality"
+        return NOT_IDENTIFIED
     image_type = [str(v).upper() for v in _as_list(ds.get("ImageType"))]
     if "LOCALIZER" in image_type:
         return "localizer (scout) image, ImageType " + "\\".join(image_type)
@@ -232,6 +233,8 @@ def scan_series(src: str, storage_options: Mapping[str, Any] | None = None) -> S
             broken.append((posixpath.dirname(name), Skipped(file=url, reason=str(exc)), None))
             continue
         reason = skip_reason(ds, name)
+        if reason == NOT_IDENTIFIED and not at_pixels:  # cut before it could say what it is: maybe a slice
+            reason = None
         if reason is not None:
             scan.skipped.append(skip_record(url, reason))
             continue
