@@ -41,7 +41,7 @@ def bucket(proxy: FaultProxy, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
-    monkeypatch.setattr(storage, "READ_BACKOFF_SECONDS", 0.01)
+    monkeypatch.setattr(storage, "READ_BACKOFF_SECONDS", 0.01, raising=False)
     conn = {"conn_type": "aws", "login": "testing", "password": "testing",
             "extra": {"endpoint_url": proxy.endpoint, "region_name": "us-east-1"}}  # fmt: skip
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))

@@ -106,6 +106,8 @@ class Pipeline:
         return items, results, self.report(series, items, results)
 
     def trusted(self, series: Series) -> str | None:
-        from ctdenoise.completion import trusted_hash
+        """The params hash discover's already-published check finds for the series (None: redo it)."""
+        from ctdenoise import layout
+        from ctdenoise.orchestration.discovery import published_hash
 
-        return trusted_hash(series.series_url, self.options)
+        return published_hash(layout.report_json(series.series_url), self.options)
