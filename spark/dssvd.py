@@ -205,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = classify(exc)
         if kind != Failure.INPUT:
             log.error("dssvd failed (%s): %s", kind.value, exc.__class__.__name__, exc_info=True)
-        print(f"error: {one_line(exc) if kind == Failure.INPUT else 'Spark job failed: ' + _first_line(exc)}", file=sys.stderr)
+        spark_stage = exc.__class__.__module__.startswith("py4j")
+        print(f"error: {'Spark job failed: ' + _first_line(exc) if spark_stage else one_line(exc)}", file=sys.stderr)
         return exit_code(exc)
     finally:
         if owns_session:

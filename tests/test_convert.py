@@ -322,3 +322,45 @@ def test_s3_source_and_destination(tmp_path: Path, s3_bucket: str) -> None:
     np.testing.assert_array_equal(arr[...], expected_matrix(slices))
     assert arr.attrs["sop_instance_uids"] == [s.sop_instance_uid for s in slices]
     assert arr.attrs["source_files"] == ["IM0002.dcm", "IM0001.dcm", "IM0000.dcm"]
+
+
+def test_an_unexpected_error_fails_its_series_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug or a MemoryError in one series is its Failed record (one line, its kind); the old
+    code let it escape convert() and the series after it were never converted."""
+    import ctdenoise.convert as convert_module
+
+    src = tmp_path / "src"
+    write_slices(src / "a", ct_series(3, series_uid="1.2.826.0.1.7.1"))
+    write_slices(src / "b", ct_series(3, series_uid="1.2.826.0.1.7.2"))
+    write_slices(src / "c", ct_series(3, series_uid="1.2.826.0.1.7.3"))
+    real = convert_module.read_hu
+
+    def read_hu(header, storage_options=None):  # noqa: ANN001
+        if header.series_instance_uid == "1.2.826.0.1.7.1":
+            raise KeyError("a bug")
+        if header.series_instance_uid == "1.2.826.0.1.7.2":
+            raise MemoryError("Unable to allocate 48.0 GiB")
+        return real(header, storage_options)
+
+    monkeypatch.setattr(convert_module, "read_hu", read_hu)
+    records = by_status(list(convert_json(str(src), str(tmp_path / "dst"))))
+    assert [r["series_instance_uid"] for r in records["written"]] == ["1.2.826.0.1.7.3"]
+    kinds = {r["series_instance_uid"]: (r["kind"], r["reason"]) for r in records["failed"]}
+    assert kinds["1.2.826.0.1.7.1"] == ("bug", "series 1.2.826.0.1.7.1: KeyError: 'a bug'")
+    assert kinds["1.2.826.0.1.7.2"][0] == "transient" and "MemoryError" in kinds["1.2.826.0.1.7.2"][1]
+
+
+def test_cli_exit_status_follows_the_worst_kind(tmp_path: Path) -> None:
+    from ctdenoise.cli import convert_status
+    from ctdenoise.records import Failed, Written
+
+    written = Written(series_instance_uid="1.2.3", url="x", rows=1, columns=1, slices=3, ordering="normal", seconds=0)
+
+    def failed(kind: str) -> Failed:
+        return Failed(series_instance_uid="1.2.4", file="", reason="r", kind=kind)
+
+    assert convert_status([written], "src") == 0
+    assert convert_status([written, failed("input")], "src") == 3  # partial: the others were refused
+    assert convert_status([failed("input")], "src") == 2
+    assert convert_status([written, failed("transient")], "src") == 75  # retry: the written one is rewritten identically
+    assert convert_status([written, failed("bug")], "src") == 1
