@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from test_storage import _stage
+
 from ctdenoise import storage
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _stage(root: Path, name: str, files: dict[str, str]) -> Path:
-    staged = root / name
-    for rel, text in files.items():
-        (staged / rel).parent.mkdir(parents=True, exist_ok=True)
-        (staged / rel).write_text(text)
-    return staged
 
 
 OLD = {"dicom/IM0001.dcm": "old 1", "dicom/IM0002.dcm": "old 2", "dicom/IM0003.dcm": "old 3", "metrics.json": "old"}

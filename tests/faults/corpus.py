@@ -71,21 +71,16 @@ def slope(value: float | None) -> Callable[[Path], str]:
     return build
 
 
-def series_uid(value: str) -> Callable[[Path], str]:
+def every_slice(keyword: str, value: Any, n: int = 5) -> Callable[[Path], str]:
+    """A series of ``n`` slices whose ``keyword`` is ``value`` in every slice."""
+
     def build(folder: Path) -> str:
-        slices = series(4)
+        slices = series(n)
         for s in slices:
-            s.dataset.SeriesInstanceUID = value
+            setattr(s.dataset, keyword, value)
         return _write(folder, slices)
 
     return build
-
-
-def study_uid(folder: Path) -> str:
-    slices = series(4)
-    for s in slices:
-        s.dataset.StudyInstanceUID = "1.2.03.4"
-    return _write(folder, slices)
 
 
 def huge(folder: Path) -> str:
@@ -144,16 +139,6 @@ def signed_as_unsigned(folder: Path) -> str:
     return _write(folder, slices)
 
 
-def photometric(value: str) -> Callable[[Path], str]:
-    def build(folder: Path) -> str:
-        slices = series(5)
-        for s in slices:
-            s.dataset.PhotometricInterpretation = value
-        return _write(folder, slices)
-
-    return build
-
-
 def multiframe(folder: Path) -> str:
     slices = series(1)
     slices[0].dataset.NumberOfFrames = 3
@@ -195,9 +180,12 @@ CASES: list[Case] = [
     Case("one slice", one_slice, "failed", "1 slice(s): the global mode needs at least 3 (min_slices_global)", "IM0000.dcm"),
     Case("RescaleSlope 0", slope(0.0), "failed", "RescaleSlope 0: stored values cannot become HU", "IM0002.dcm"),
     Case("RescaleSlope missing", slope(None), "failed", "RescaleSlope missing (required for CT images", "IM0002.dcm"),
-    Case("SeriesInstanceUID ../../x", series_uid("../../x"), "failed", "SeriesInstanceUID '../../x' is not a valid DICOM UID"),
-    Case("SeriesInstanceUID of 300 characters", series_uid("1." + "2" * 298), "failed", "300 characters (at most 64)"),
-    Case("StudyInstanceUID with a leading zero", study_uid, "failed", "StudyInstanceUID '1.2.03.4' is not a valid DICOM UID"),
+    Case("SeriesInstanceUID ../../x", every_slice("SeriesInstanceUID", "../../x"), "failed",
+         "SeriesInstanceUID '../../x' is not a valid DICOM UID"),  # fmt: skip
+    Case("SeriesInstanceUID of 300 characters", every_slice("SeriesInstanceUID", "1." + "2" * 298), "failed",
+         "300 characters (at most 64)"),  # fmt: skip
+    Case("StudyInstanceUID with a leading zero", every_slice("StudyInstanceUID", "1.2.03.4"), "failed",
+         "StudyInstanceUID '1.2.03.4' is not a valid DICOM UID"),  # fmt: skip
     Case("65535 x 65535 declared", huge, "failed", "65535 x 65535 pixels per slice, above max_pixels"),
     Case("header cut in the middle slice", cut_header, "failed", "unreadable DICOM header", "IM0002.dcm"),
     Case("202.5 mm gap, then 1.25 mm", gap, "failed", "uneven slice spacing: 202.5 mm", "IM0001.dcm"),
@@ -206,8 +194,8 @@ CASES: list[Case] = [
     Case("mixed modalities in one folder", mixed, "written", "", pipeline=True, with_good=False),
     Case("Bits Stored 12 of 16", bits_stored_12, "written", "", pipeline=True),
     Case("signed values declared unsigned", signed_as_unsigned, "failed", "64536 HU, above 32767", "IM0000.dcm"),
-    Case("PhotometricInterpretation RGB", photometric("RGB"), "skipped", "PhotometricInterpretation RGB: not a grayscale CT image"),
-    Case("PhotometricInterpretation MONOCHROME1", photometric("MONOCHROME1"), "written", ""),
+    Case("PhotometricInterpretation RGB", every_slice("PhotometricInterpretation", "RGB"), "skipped", "PhotometricInterpretation RGB: not a grayscale CT image"),
+    Case("PhotometricInterpretation MONOCHROME1", every_slice("PhotometricInterpretation", "MONOCHROME1"), "written", ""),
     Case("multi-frame CT Image", multiframe, "skipped", "multi-frame CT (3 frames) not supported"),
     Case("Enhanced CT", enhanced_ct, "skipped", "multi-frame Enhanced CT not supported"),
     Case("no ImagePositionPatient", no_position(False), "written", "", pipeline=True),

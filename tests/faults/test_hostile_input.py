@@ -68,9 +68,9 @@ def test_each_hostile_input_has_its_one_line_outcome(case: Case, tmp_path: Path)
 def test_what_converts_from_hostile_input_is_the_input(tmp_path: Path) -> None:
     """Bits Stored 12 and MONOCHROME1 change nothing about HU: the matrix is the stored values
     through the rescale, exactly."""
-    from corpus import bits_stored_12, photometric
+    from corpus import bits_stored_12, every_slice
 
-    for name, build in (("bits", bits_stored_12), ("mono1", photometric("MONOCHROME1"))):
+    for name, build in (("bits", bits_stored_12), ("mono1", every_slice("PhotometricInterpretation", "MONOCHROME1"))):
         build(tmp_path / name)
         (done,) = convert(str(tmp_path / name), str(tmp_path / f"dst-{name}"))
         import pydicom
