@@ -35,6 +35,7 @@ def test_verbose_convert_to_s3_prints_no_credentials(tmp_path: Path, s3_bucket: 
     assert not leaked, f"{leaked} printed with -v"
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom.valuerep")
 def test_a_pydicom_warning_is_printed_once(tmp_path: Path) -> None:
     """pydicom says a bad value once as a log record and once as a Python warning, for every
     slice: one line in all."""
