@@ -93,13 +93,7 @@ class Scan:
 
 
 class UnreadableHeader(InputError):
-    """A file that looks like DICOM whose header cannot be read completely.
-
-    ``series_uid`` is its SeriesInstanceUID when the part that was read holds it whole."""
-
-    def __init__(self, reason: str, series_uid: str | None = None) -> None:
-        super().__init__(reason)
-        self.series_uid = series_uid
+    """A file that looks like DICOM but whose header cannot be parsed (corrupt or cut short)."""
 
 
 def skip_record(file: str, reason: str) -> Skipped:
