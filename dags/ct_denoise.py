@@ -6,6 +6,7 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
         >> dssvd[series] >> plan_ranks >> reconstruct[series, rank] >> report[series]
         >> plan_deliveries >> deliver[series, output]
                                              report[series] >> check_series
+        >> clean_work[series] (a teardown: after report and deliver)
 
 - ``wait_for_scans``: deferrable S3KeySensor for DICOM keys in the partition; an empty
   partition times out into *skipped* (soft fail), not failed.
@@ -28,6 +29,9 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
   the run, and clearing ``deliver`` (or a later run) delivers it.
 - ``check_series``: runs only when a report failed, and fails the run (a run's state comes from
   its last tasks, which are now the delivery steps).
+- ``clean_work``: per series, a teardown (it runs whatever happened before it, and does not
+  decide the run's state); removes the work data of each series that every step in
+  steps it needed completed (its report and its deliveries) (``CT_DENOISE_WORK_RETENTION``, docs/data-retention.md).
 
 A failing series fails its own task instances; the others finish (see the trigger rules below
 and ``ctdenoise.report.publish_report``). The runtime (``local`` or ``kubernetes``) and the
@@ -213,6 +217,22 @@ def as_list_of_str(value) -> list[str]:  # noqa: ANN001
     return [v for x in value for v in ([x] if isinstance(x, str) else (x or []))]
 
 
+@task(task_id="clean_work", execution_timeout=timedelta(minutes=30), map_index_template="{{ task.op_kwargs['series']['label'] }}")
+def clean_work(series: dict, ti=None) -> dict:  # noqa: ANN001
+    from ctdenoise.orchestration import aws
+    from ctdenoise.orchestration.config import WorkRetention
+    from ctdenoise.records import Series
+    from ctdenoise.retention import clean_series_work, steps_pending
+
+    one = Series.from_xcom(series)
+    pending = steps_pending(one.folder, as_list(ti.xcom_pull(task_ids="report")), as_list(ti.xcom_pull(task_ids="plan_deliveries")),
+                            as_list(ti.xcom_pull(task_ids="deliver")))  # fmt: skip
+    if pending:
+        raise AirflowSkipException(f"{one.where}: work data kept ({', '.join(pending)} did not complete for it)")
+    remove = settings.work_retention == WorkRetention.REMOVE
+    return clean_series_work(one, remove, aws.storage_options(settings.aws_conn_id))
+
+
 def as_list(value) -> list:  # noqa: ANN001
     """XCom pulls give a value, a list, or None: always a list without Nones."""
     if value is None:
@@ -266,12 +286,14 @@ def ct_denoise() -> None:
     plan = plan_ranks(converted)
     denoised = runtime.reconstruct(settings, plan)
     reports = report.expand(series=series)
-    deliver.expand(item=plan_deliveries(reports))
+    delivered = deliver.expand(item=plan_deliveries(reports))
     reports >> check_series()
+    cleaned = clean_work.expand(series=series)
 
     wait_for_scans >> wait_for_settled_upload >> series
     svds >> plan
     [plan, denoised] >> reports
+    [reports, delivered] >> cleaned.as_teardown()
 
 
 ct_denoise()

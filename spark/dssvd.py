@@ -11,9 +11,12 @@ chunk-aligned row blocks (fsspec, S3 from the environment: no hadoop-aws jars) a
 float64 partial sums, added by a deterministic tree; the local mode's partitions write their
 bands of ``D`` straight into the uncommitted group.
 
-Exit status: 0 on success, the result as one JSON line (the last line of the output);
-2 with a one-line ``error: ...`` for a missing matrix or a bad parameter (checked before Spark
-starts); 1 when a Spark stage fails (the cause is logged).
+Exit status: 0 on success, the result as one JSON line (the last line of the output); else
+one ``error: ...`` line and the status of the failure's kind (``ctdenoise.errors``): 2 for a
+missing matrix or a bad parameter (checked before Spark starts), 75 for a storage, network or
+memory failure (retried), 1 otherwise (a failed Spark stage: the cause is logged). Logging as
+the ``ctdenoise`` command's (``ctdenoise.logs``): ``-v`` never turns on the S3 client's debug
+output.
 """
 
 from __future__ import annotations
@@ -170,19 +173,19 @@ def configure(plugins_path: str | None = None):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
     plugins_path = _ensure_package()
-    from ctdenoise.errors import CtDenoiseError
+    from ctdenoise import logs
+    from ctdenoise.errors import Failure, classify, exit_code, one_line
     from ctdenoise.job import DssvdJob, check_job, run_job
     from ctdenoise.matrix_store import open_matrix
 
+    logs.configure(args.verbose)
     try:  # fail fast, before a SparkContext: a missing matrix or a bad parameter exits 2
         job = DssvdJob.from_arguments(args)
         check_job(job, open_matrix(job.matrix).shape)
-    except (CtDenoiseError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # pyspark warns about pandas >= 3; this job uses neither pandas nor pyspark.sql.
@@ -198,13 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sc.setLogLevel("WARN")
     try:
         record = run_job(job, SparkEngine(sc), session_seconds=time.perf_counter() - t0 if owns_session else None)
-    except (CtDenoiseError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a failed Spark stage (Py4JJavaError) or an executor-side error
-        log.exception("dssvd failed: %s", exc.__class__.__name__)
-        print(f"error: Spark job failed: {_first_line(exc)}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # input, storage, or a failed Spark stage (Py4JJavaError: its executor's cause)
+        kind = classify(exc)
+        if kind != Failure.INPUT:
+            log.error("dssvd failed (%s): %s", kind.value, exc.__class__.__name__, exc_info=True)
+        spark_stage = exc.__class__.__module__.startswith("py4j")
+        print(f"error: {'Spark job failed: ' + _first_line(exc) if spark_stage else one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
     finally:
         if owns_session:
             sc.stop()

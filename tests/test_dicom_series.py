@@ -20,9 +20,9 @@ from ctdenoise.geometry import SeriesInputError
 
 def _headers(tmp_path: Path, slices, names=None):
     write_slices(tmp_path, slices, names)
-    series, skipped = scan_series(str(tmp_path))
-    assert skipped == []
-    (headers,) = series.values()
+    scan = scan_series(str(tmp_path))
+    assert scan.skipped == [] and scan.broken == {}
+    (headers,) = scan.series.values()
     return headers
 
 
@@ -52,7 +52,8 @@ def test_scan_classifies_every_kind_of_file(tmp_path: Path) -> None:
     enhanced.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
     enhanced.save_as(src / "enhanced.dcm")
 
-    series, skipped = scan_series(str(src))
+    scan = scan_series(str(src))
+    series, skipped = scan.series, scan.skipped
     reasons = {Path(r.file).name: r.reason for r in skipped}
     assert all(r.status == "skipped" for r in skipped)
     assert reasons["MR_small.dcm"] == "modality MR, not CT"
@@ -85,8 +86,9 @@ def test_scan_groups_slices_by_series(tmp_path: Path) -> None:
     b = ct_series(2, series_uid="1.2.3.2")
     write_slices(tmp_path / "a", a)
     write_slices(tmp_path / "b", b)
-    series, skipped = scan_series(str(tmp_path))
-    assert skipped == []
+    scan = scan_series(str(tmp_path))
+    series = scan.series
+    assert scan.skipped == []
     assert {uid: len(h) for uid, h in series.items()} == {"1.2.3.1": 3, "1.2.3.2": 2}
     assert [h.name for h in series["1.2.3.2"]] == ["b/IM0000.dcm", "b/IM0001.dcm"]
     assert [h.sop_instance_uid for h in series["1.2.3.1"]] == [s.sop_instance_uid for s in a]
@@ -111,7 +113,7 @@ def test_hu_is_stored_times_slope_plus_intercept_exactly(tmp_path: Path) -> None
 
 def test_hu_of_the_real_ct_small(tmp_path: Path) -> None:
     shutil.copy(ct_small_path(), tmp_path / "ct.dcm")
-    (header,) = next(iter(scan_series(str(tmp_path))[0].values()))
+    (header,) = next(iter(scan_series(str(tmp_path)).series.values()))
     ds = pydicom.dcmread(ct_small_path())
     assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (1.0, -1024.0)
     np.testing.assert_array_equal(read_hu(header), ds.pixel_array.astype(np.float32) - 1024.0)
@@ -130,7 +132,7 @@ def test_compressed_ct_decodes_to_the_same_hu(tmp_path: Path, syntax) -> None:
 
 def test_real_jpeg2000_ct_from_pydicom_decodes(tmp_path: Path) -> None:
     shutil.copy(get_testdata_file("693_J2KI.dcm"), tmp_path / "j2k.dcm")
-    (header,) = next(iter(scan_series(str(tmp_path))[0].values()))
+    (header,) = next(iter(scan_series(str(tmp_path)).series.values()))
     hu = read_hu(header)
     assert hu.shape == (512, 512) and hu.dtype == np.float32
     assert np.isfinite(hu).all() and hu.std() > 10  # a real image, not a constant
@@ -150,7 +152,7 @@ def test_file_without_preamble_still_decodes(tmp_path: Path, caplog: pytest.LogC
     (tmp_path / "raw.dcm").write_bytes(fp.getvalue())
     with pytest.raises(pydicom.errors.InvalidDicomError):
         pydicom.dcmread(tmp_path / "raw.dcm")
-    (header,) = next(iter(scan_series(str(tmp_path))[0].values()))
+    (header,) = next(iter(scan_series(str(tmp_path)).series.values()))
     np.testing.assert_array_equal(read_hu(header), slices[0].hu)
     assert any("no DICOM preamble" in r.getMessage() for r in caplog.records)
 
@@ -166,12 +168,18 @@ def test_truncated_pixel_data_fails_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_pixel_data_fails_naming_the_file(tmp_path: Path) -> None:
-    path = write_slices(tmp_path, ct_series(1))[0]
-    truncate(path, pixel_data_offset(path))
-    (header,) = next(iter(scan_series(str(tmp_path))[0].values()))
-    with pytest.raises(SeriesInputError, match="no pixel data") as info:
-        read_hu(header)
-    assert str(path) in str(info.value)
+    """Cut before its pixel data, a file is broken: it fails the series of its folder (a slice
+    would be missing), and alone in its folder it is reported."""
+    paths = write_slices(tmp_path, ct_series(3))
+    truncate(paths[1], pixel_data_offset(paths[1]))
+    scan = scan_series(str(tmp_path))
+    ((uid, (broken,)),) = scan.broken.items()
+    assert broken.file == str(paths[1]) and "no pixel data" in broken.reason
+    assert [h.url for h in scan.series[uid]] == [str(paths[0]), str(paths[2])]
+    alone = write_slices(tmp_path / "alone", ct_series(1))[0]
+    truncate(alone, pixel_data_offset(alone))
+    (skipped,) = scan_series(str(tmp_path / "alone")).skipped
+    assert skipped.file == str(alone) and "no pixel data" in skipped.reason
 
 
 def _with_encapsulated(s, syntax, frame: bytes):
@@ -202,8 +210,8 @@ def test_jpeg_lossless_process14_decodes_through_gdcm(tmp_path: Path) -> None:
     writer.SetImage(change.GetOutput())
     assert writer.Write()
     assert pydicom.dcmread(tmp_path / "jpeg" / "IM0000.dcm").file_meta.TransferSyntaxUID == JPEGLosslessSV1
-    (header,) = next(iter(scan_series(str(tmp_path / "jpeg"))[0].values()))
-    (expected,) = next(iter(scan_series(str(tmp_path / "plain"))[0].values()))
+    (header,) = next(iter(scan_series(str(tmp_path / "jpeg")).series.values()))
+    (expected,) = next(iter(scan_series(str(tmp_path / "plain")).series.values()))
     np.testing.assert_array_equal(read_hu(header), read_hu(expected))
 
 

@@ -236,7 +236,9 @@ def test_u_reconstruction_equals_projection(spark, dssvd, matrix, tmp_path, caps
     assert np.max(np.abs(projected - (U * s) @ V.T)) <= 1e-5 * np.max(np.abs(projected))
 
 
-def test_failed_stage_exits_1_with_the_cause(spark, dssvd, matrix, tmp_path, capsys):
+def test_failed_stage_on_a_corrupt_matrix_exits_2_with_the_cause(spark, dssvd, matrix, tmp_path, capsys):
+    """An executor that finds a corrupt chunk raises an input error: the job exits 2 (fails at
+    once, as in-process), not 75 or 1 (retried), whatever Spark wraps it in."""
     url, _ = matrix
     broken = tmp_path / "broken.zarr"
     shutil.copytree(url, broken)
@@ -244,7 +246,7 @@ def test_failed_stage_exits_1_with_the_cause(spark, dssvd, matrix, tmp_path, cap
     chunk.write_bytes(b"not a zstd frame" * 8)
     out = tmp_path / "never.zarr"
     code, record, err = run_main(dssvd, capsys, "--matrix", str(broken), "--out", str(out), "--rank", "4", "--method", "exact")
-    assert code == 1 and record is None
+    assert code == 2 and record is None
     assert "error: Spark job failed" in err
     assert "zstd" in err.lower() or "decompress" in err.lower() or "frame" in err.lower(), err
     assert not out.exists()  # nothing published

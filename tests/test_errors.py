@@ -58,3 +58,30 @@ def test_one_line() -> None:
     assert one_line(InputError("a.dcm:\n  truncated")) == "a.dcm: truncated"
     assert one_line(KeyError("rows")) == "KeyError: 'rows'"
     assert len(one_line(ValueError("x" * 2000))) == 500
+
+
+def test_about_the_data_blames_the_bytes_but_not_the_storage() -> None:
+    from ctdenoise.errors import about_the_data
+
+    def describe(exc: BaseException) -> InputError:
+        return InputError(f"x.dcm: {one_line(exc)}")
+
+    for raised in (ValueError("bad length"), OSError("cannot identify image file"), KeyError("Rows")):
+        with pytest.raises(InputError, match="x.dcm"):
+            with about_the_data(describe):  # in memory: even Pillow's OSError is the data's fault
+                raise raised
+    with pytest.raises(ConnectionResetError):
+        with about_the_data(describe, storage=True):  # reading storage: a reset stays transient
+            raise ConnectionResetError("peer reset")
+    with pytest.raises(InputError, match="x.dcm: FileNotFoundError"):
+        with about_the_data(describe, storage=True):
+            raise FileNotFoundError("gone")
+
+
+def test_a_spark_stage_failed_by_bad_input_is_input() -> None:
+    """A Py4JJavaError carries the executor's Python exception in its text."""
+    py4j_error = type("Py4JJavaError", (Exception,), {"__module__": "py4j.protocol"})
+    bad = py4j_error("An error occurred while calling o42.collect.\n  File \"x.py\", line 1\nctdenoise.errors.InputError: m.zarr: cannot read rows 0:512: ValueError: bad chunk\n\tat org.apache.spark")
+    lost = py4j_error("An error occurred while calling o42.collect.\nOSError: [Errno 16] Please reduce your request rate.\n\tat org.apache")
+    assert classify(bad) == Failure.INPUT and exit_code(bad) == EXIT_INPUT
+    assert classify(lost) == Failure.TRANSIENT

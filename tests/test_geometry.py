@@ -199,3 +199,20 @@ def test_from_dataset_treats_malformed_values_as_missing() -> None:
     assert g.image_orientation == AXIAL
     assert g.slice_location == 12.5 and g.instance_number is None and g.pixel_spacing is None
     assert g.slice_thickness is None and (g.rows, g.columns, g.file) == (4, 4, "x.dcm")
+
+
+def test_spacing_problem_names_the_gap_and_its_files() -> None:
+    from ctdenoise.geometry import SliceGeometry, order_slices, spacing_problem
+
+    def at(z: float, name: str) -> SliceGeometry:
+        return SliceGeometry((0.0, 0.0, z), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), (1.0, 1.0), file=name)
+
+    even = [at(z, f"{z:g}.dcm") for z in (0.0, 1.25, 2.5, 3.75)]
+    assert spacing_problem(even, order_slices(even, "1.2"), 0.05) is None
+    gapped = [at(z, f"{z:g}.dcm") for z in (0.0, 202.5, 203.75, 205.0, 206.25)]
+    why, file = spacing_problem(gapped, order_slices(gapped, "1.2"), 0.05)
+    assert "202.5 mm from 0.dcm, median 1.25 mm" in why and file == "202.5.dcm"
+    missing = [at(z, f"{z:g}.dcm") for z in (0.0, 1.25, 3.75, 5.0)]  # 2.5 lost
+    assert spacing_problem(missing, order_slices(missing, "1.2"), 0.05)[1] == "3.75.dcm"
+    jitter = [at(z, "x") for z in (0.0, 1.25, 2.51, 3.75)]  # within 5 %
+    assert spacing_problem(jitter, order_slices(jitter, "1.2"), 0.05) is None

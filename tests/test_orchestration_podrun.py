@@ -87,3 +87,18 @@ def test_every_exit_status_of_the_command_reaches_the_pod(tmp_path: Path) -> Non
         xcom = tmp_path / f"{i}.json"
         assert podrun.main(["convert", "--task", json.dumps(SERIES), "--xcom", str(xcom), "--", *command]) == expected, command
         assert xcom.exists() == (expected == 0)
+
+
+def test_the_pod_is_decided_by_its_own_series(tmp_path: Path) -> None:
+    """As the local runtime decides (Converted.from_outcomes): another series' failure does not
+    fail this pod, this series' failure fails it with its kind (75 transient: retried)."""
+    xcom = tmp_path / "return.json"
+    mine = written_record("1.2.3", ONE.matrix_url, 9)
+    other = {"status": "failed", "series_instance_uid": "9.9", "file": "", "reason": "S3 503", "kind": "transient"}
+    run = ["convert", "--task", json.dumps(SERIES), "--xcom", str(xcom), "--"]
+    assert podrun.main([*run, *fake_cli(mine, other, code=75)]) == 0 and xcom.exists()
+    xcom.unlink()
+    ours = {"status": "failed", "series_instance_uid": "1.2.3", "file": "x.dcm", "reason": "storage error after 3 attempts"}
+    assert podrun.main([*run, *fake_cli({**ours, "kind": "transient"}, code=75)]) == 75 and not xcom.exists()
+    assert podrun.main([*run, *fake_cli({**ours, "kind": "bug"}, code=1)]) == 1
+    assert podrun.main([*run, *fake_cli(ours, other, code=3)]) == 2

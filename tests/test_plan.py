@@ -78,6 +78,11 @@ def test_plan_refuses_an_svd_of_another_matrix(tmp_path: Path, converted_series:
 
 
 def results_for(items: list[Output]) -> list[Reconstructed]:
+    """What reconstruct would return for each output, with a (stand-in) published folder."""
+    for i in items:
+        with storage.staging_dir() as staged:
+            (staged / "metrics.json").write_text("{}")
+            storage.publish_dir(staged, i.output_url)
     return [Reconstructed(output=i, metrics={"rank": i.rank, "retained_energy": 0.9, "seconds": 0.1}) for i in items]
 
 

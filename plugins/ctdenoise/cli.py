@@ -3,7 +3,8 @@
 Failures print one ``error:`` line on stderr and exit with the status of their kind
 (:mod:`ctdenoise.errors`: 2 bad input or parameters, 3 a partial conversion, 75 transient, 1 a
 bug); results are printed as JSON lines on stdout so that callers (the DAG, XCom sidecars, shell
-pipelines) can parse them.
+pipelines) can parse them. Logging (:mod:`ctdenoise.logs`): one line per problem, each warning
+once, no secrets; ``-v`` adds ctdenoise's debug output and tracebacks, not the S3 client's.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from ctdenoise.params import LocalParams, RankRules, SvdParams, add_arguments, from_arguments
+from ctdenoise.params import InputRules, LocalParams, ModeChoice, RankRules, RunParams, SvdParams, add_arguments, from_arguments
 
 
 def _emit(record: dict) -> None:
@@ -33,21 +35,37 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """Exit 0 when every CT series converted, 3 (partial) when some did and others were refused,
-    2 when none could be (the refusals are input errors, named one per line)."""
+    """The folder's status from its series' outcomes (:func:`convert_status`)."""
     from ctdenoise.convert import convert
-    from ctdenoise.errors import EXIT_INPUT, EXIT_OK, EXIT_PARTIAL
+
+    params = RunParams.parse({**from_arguments(ModeChoice, args, args.src).as_json(),
+                              **from_arguments(InputRules, args, args.src).as_json()}, args.src)  # fmt: skip
+    outcomes = []
+    for outcome in convert(args.src, args.dst, params=params):
+        _emit(outcome.to_xcom())
+        outcomes.append(outcome)
+    return convert_status(outcomes, args.src)
+
+
+def convert_status(outcomes: Sequence[Any], src: str) -> int:
+    """0 when every CT series converted; 75 when one failed for a transient reason (retry: the
+    others are rewritten identically); 1 for a bug; else 3 (partial) when some converted and
+    others were refused, 2 when none could be (each refusal is named on its own line)."""
+    from ctdenoise.errors import EXIT_BUG, EXIT_INPUT, EXIT_OK, EXIT_PARTIAL, EXIT_TRANSIENT, Failure
     from ctdenoise.records import Failed, Written
 
-    written = failed = 0
-    for outcome in convert(args.src, args.dst):
-        _emit(outcome.to_xcom())
-        written += isinstance(outcome, Written)
-        failed += isinstance(outcome, Failed)
+    kinds = {o.kind for o in outcomes if isinstance(o, Failed)}
+    written = sum(isinstance(o, Written) for o in outcomes)
+    if Failure.TRANSIENT in kinds:
+        print(f"error: some series of {src} failed for a transient reason (transient: retry later)", file=sys.stderr)
+        return EXIT_TRANSIENT
+    if Failure.BUG in kinds:
+        print(f"error: some series of {src} failed unexpectedly (see the log)", file=sys.stderr)
+        return EXIT_BUG
     if written == 0:
-        print(f"error: no CT series could be converted from {args.src}", file=sys.stderr)
+        print(f"error: no CT series could be converted from {src}", file=sys.stderr)
         return EXIT_INPUT
-    return EXIT_PARTIAL if failed else EXIT_OK
+    return EXIT_PARTIAL if kinds else EXIT_OK
 
 
 def cmd_svd(args: argparse.Namespace) -> int:
@@ -138,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="DICOM series -> Zarr matrices (voxels x slices, HU)")
     p.add_argument("src", help="folder or fsspec URL prefix holding DICOM files")
     p.add_argument("dst", help="folder or URL receiving <SeriesInstanceUID>.zarr")
+    add_arguments(p.add_argument_group("which series are accepted"), ModeChoice)
+    add_arguments(p.add_argument_group("which series are accepted"), InputRules)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("svd", help="single-machine SVD of a matrix (the Spark job: spark/dssvd.py --out)")
@@ -193,27 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _OneLineFormatter(logging.Formatter):
-    """Log records without tracebacks: libraries (pydicom's decoders) log expected failures with
-    ``exc_info``, and a user should read one line per problem. ``--verbose`` keeps tracebacks."""
-
-    def formatException(self, ei) -> str:  # noqa: N802 (logging's API)
-        return ""
-
-    def formatStack(self, stack_info: str) -> str:  # noqa: N802
-        return ""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a failure prints one ``error:`` line and exits with its kind's status
     (:mod:`ctdenoise.errors`: 2 input, 75 transient, 1 a bug, whose traceback ``-v`` shows)."""
     from ctdenoise.errors import Failure, classify, exit_code, one_line
 
+    from ctdenoise import logs
+
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt) if args.verbose else _OneLineFormatter(fmt))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
+    logs.configure(args.verbose)
     try:
         return args.func(args)
     except Exception as exc:

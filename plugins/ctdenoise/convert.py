@@ -7,9 +7,11 @@ normal (:mod:`ctdenoise.geometry`), pixel (r, c) at row ``r*columns + c``.
 :func:`convert` yields one typed record per outcome, as it happens:
 
 - :class:`~ctdenoise.records.Skipped` for each file that is not a CT slice we convert;
-- :class:`~ctdenoise.records.Failed` for a series that cannot be converted (inconsistent
-  geometry, duplicate slices, unreadable pixels...). A failed series never blocks the others,
-  and leaves nothing at its destination (publication is atomic);
+- :class:`~ctdenoise.records.Failed` for a series that cannot be converted, with the kind of
+  failure (:mod:`ctdenoise.errors`): refused by :mod:`ctdenoise.acceptance` from its headers
+  (a broken slice, bad UIDs, inconsistent geometry, sizes, spacing...) or by its pixels, a
+  storage error (transient), or a bug. Whatever happens to one series is reported on one line
+  and never stops the others; it leaves nothing at its destination (publication is atomic);
 - :class:`~ctdenoise.records.Written` for each published matrix.
 
 If SRC holds no CT series at all, :class:`ctdenoise.errors.InputError` is raised after the skip
@@ -27,39 +29,66 @@ from typing import Any
 import numpy as np
 
 from ctdenoise import matrix_store, storage
+from ctdenoise.acceptance import Accepted, accept
 from ctdenoise.dicom_series import SliceHeader, header_json, read_hu, scan_series
-from ctdenoise.errors import InputError
+from ctdenoise.errors import Failure, InputError, classify, one_line
 from ctdenoise.metrics import slice_noise_level
+from ctdenoise.params import RunParams
 from ctdenoise.records import Failed, Skipped, Written
-from ctdenoise.geometry import SeriesInputError, SliceOrder, check_consistency, order_slices
+from ctdenoise.geometry import SliceOrder
+from ctdenoise.uids import shown, uid_problem
 
 log = logging.getLogger(__name__)
 
 
-def convert(src: str, dst: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[Skipped | Failed | Written]:
-    """Convert every CT series under ``src`` (folder or URL prefix) into a matrix under ``dst``."""
-    series, skipped = scan_series(src, storage_options)
-    yield from skipped
-    if not series:
-        reasons = Counter(r.reason for r in skipped)
+def convert(
+    src: str, dst: str, storage_options: Mapping[str, Any] | None = None, params: RunParams | None = None
+) -> Iterator[Skipped | Failed | Written]:
+    """Convert every CT series under ``src`` (folder or URL prefix) into a matrix under ``dst``;
+    ``params`` gives the modes and the :class:`~ctdenoise.params.InputRules` (default: the
+    defaults of a run)."""
+    params = params or RunParams()
+    scan = scan_series(src, storage_options)
+    yield from scan.skipped
+    if not scan.series:
+        reasons = Counter(r.reason for r in scan.skipped)
         summary = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3))
-        detail = f"{len(skipped)} files skipped" + (f": {summary}" if summary else "")
+        detail = f"{len(scan.skipped)} files skipped" + (f": {summary}" if summary else "")
         raise InputError(f"{src}: no CT image series found ({detail})")
-    for uid, headers in series.items():
-        try:
-            yield convert_series(headers, storage.join(dst, f"{uid}.zarr"), storage_options)
-        except SeriesInputError as exc:
-            log.error("series %s failed: %s", uid, exc)
-            yield Failed(series_instance_uid=uid, file=exc.file, reason=str(exc))
+    for uid, headers in scan.series.items():
+        yield convert_one(headers, dst, params, scan.broken.get(uid, []), storage_options)
 
 
-def convert_series(headers: Sequence[SliceHeader], dest_url: str, storage_options: Mapping[str, Any] | None = None) -> Written:
-    """Check, order, read (one slice at a time) and publish one series; returns its record."""
-    started = time.perf_counter()
+def convert_one(
+    headers: Sequence[SliceHeader], dst: str, params: RunParams, broken: Sequence[Skipped],
+    storage_options: Mapping[str, Any] | None = None,
+) -> Written | Failed:  # fmt: skip
+    """One series, isolated from the others: accepted from its headers, then converted; any
+    failure becomes its :class:`Failed` record (one line, with its kind), never an exception."""
     uid = headers[0].series_instance_uid
-    geometries = [h.geometry for h in headers]
-    check_consistency(geometries, uid)
-    order = order_slices(geometries, uid)
+    try:
+        accepted = accept(headers, params.input_rules, params.modes, broken)
+        return convert_series(headers, storage.join(dst, f"{uid}.zarr"), storage_options, accepted)
+    except Exception as exc:  # noqa: BLE001 (every failure is this series' own: reported, classified)
+        kind = classify(exc)
+        reason = one_line(exc)
+        if not reason.startswith("series "):
+            reason = f"series {uid if uid_problem(uid) is None else shown(uid)}: {reason}"
+        log.error("series %s failed (%s): %s", uid, kind.value, reason, exc_info=kind == Failure.BUG)
+        return Failed(series_instance_uid=uid, file=getattr(exc, "file", ""), reason=reason, kind=kind)
+
+
+def convert_series(
+    headers: Sequence[SliceHeader], dest_url: str, storage_options: Mapping[str, Any] | None = None,
+    accepted: Accepted | None = None,
+) -> Written:  # fmt: skip
+    """Read (one slice at a time, in the accepted order) and publish one series; its record.
+
+    ``accepted``: the result of :func:`ctdenoise.acceptance.accept` (run here with the default
+    rules and both modes when not given)."""
+    started = time.perf_counter()
+    accepted = accepted or accept(headers, RunParams().input_rules, RunParams().modes)
+    uid, order = headers[0].series_instance_uid, accepted.order
     ordered = [headers[i] for i in order.indices]
     rows, columns = ordered[0].geometry.rows, ordered[0].geometry.columns
     # Fortran order: each slice fills one contiguous column; only one decoded slice is alive at a time.
@@ -69,7 +98,7 @@ def convert_series(headers: Sequence[SliceHeader], dest_url: str, storage_option
         image = read_hu(header, storage_options)
         matrix[:, j] = image.reshape(-1)  # C order: pixel (r, c) -> r*columns + c
         noise.append(slice_noise_level(image))
-    attrs = {**series_attributes(ordered, order), "slice_noise_hu": noise}
+    attrs = {**series_attributes(ordered, order), "slice_noise_hu": noise, "warnings": list(accepted.warnings)}
     matrix_store.write_matrix(matrix, attrs, dest_url, storage_options)
     del matrix
     seconds = round(time.perf_counter() - started, 3)

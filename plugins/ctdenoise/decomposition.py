@@ -266,16 +266,14 @@ def read_row_blocks(
     matrix_url: str, ranges: Sequence[tuple[int, int]], storage_options: Mapping[str, Any] | None = None
 ) -> Iterator[np.ndarray]:
     """The row blocks ``A[start:stop]`` of a published Zarr matrix, read one at a time (executor side)."""
+    from ctdenoise.errors import InputError, about_the_data, one_line
     from ctdenoise.matrix_store import open_matrix
-
-    from ctdenoise.errors import InputError
 
     arr = open_matrix(matrix_url, storage_options=storage_options)
     for start, stop in ranges:
-        try:
+        # a corrupt chunk is the input's fault; a storage error stays transient (the task retries)
+        with about_the_data(lambda exc: InputError(f"{matrix_url}: cannot read rows {start}:{stop}: {one_line(exc)}"), storage=True):
             block = np.asarray(arr[start:stop])
-        except Exception as exc:  # a corrupt or missing chunk: name where, keep the cause
-            raise InputError(f"{matrix_url}: cannot read rows {start}:{stop}: {exc.__class__.__name__}: {exc}") from exc
         yield block
 
 

@@ -5,10 +5,16 @@ more than its own series:
 
 1. :func:`scan_series` reads only the headers (``stop_before_pixels``) of every file under a
    folder or fsspec URL prefix, classifies each file (:func:`skip_reason`) and groups the CT
-   slices by SeriesInstanceUID. A file that is not usable gives
-   a :class:`~ctdenoise.records.Skipped` record.
+   slices by SeriesInstanceUID. A file that is not a CT slice gives a
+   :class:`~ctdenoise.records.Skipped` record. A file that looks like DICOM but whose header
+   cannot be read completely (cut short, corrupt) may be a slice of a series: it is *broken*,
+   and fails the series it belongs to (:class:`Scan`), so that no series is published with a
+   slice missing.
 2. :func:`read_hu` reads one file's pixel data when its series is converted and applies the
    modality LUT (RescaleSlope/RescaleIntercept) to get Hounsfield units as float32.
+
+Bytes are read with :func:`ctdenoise.storage.fetch`, which retries storage errors and then fails
+as *transient*; only what the bytes say (not DICOM, cut short, undecodable) is the file's fault.
 
 Compressed pixel data is decoded by pydicom's pixel plugins, whichever are installed. The
 syntaxes ctdenoise promises, with the decoder each relies on (JPEG Lossless: GDCM), are declared
@@ -19,11 +25,12 @@ fail with a one-line reason.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,7 +40,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from ctdenoise import storage
-from ctdenoise.errors import InputError
+from ctdenoise.errors import InputError, about_the_data, one_line
 from ctdenoise.geometry import SeriesInputError, SliceGeometry
 from ctdenoise.instance_keywords import PER_INSTANCE_KEYWORDS
 from ctdenoise.records import Skipped
@@ -50,7 +57,12 @@ IGNORED_NAMES = {storage.SUCCESS_MARKER}  # our own commit markers: not input, n
 
 # A data set without preamble starts with a group 0x0002 or 0x0008 tag (little or big endian).
 RAW_DATASET_STARTS = {b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"}
-HEADER_BLOCK_SIZE = 2**18  # bytes fetched per remote read while parsing headers
+HEADER_BLOCK_SIZE = 2**18  # bytes fetched first for a header (the whole file if the header is longer)
+NOT_IDENTIFIED = "no SOPClassUID and no CT Modality"
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")  # the CT Image module's photometric interpretations
+MAX_HU = 32767
+"""Above this a value is not CT: a signed image declared unsigned (PixelRepresentation 0), or a
+wrong rescale. The extended CT scale of metal implants stays below it."""
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}  # binary values: never copied into JSON attributes
 
 
@@ -70,31 +82,72 @@ class SliceHeader:
     dataset: Dataset  # header without pixel data
 
 
+@dataclass
+class Scan:
+    """What :func:`scan_series` found: CT slices by series, skipped files, and per series the
+    broken files that may be its slices (each one fails the series)."""
+
+    series: dict[str, list[SliceHeader]] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    broken: dict[str, list[Skipped]] = field(default_factory=dict)
+
+
+class UnreadableHeader(InputError):
+    """A file that looks like DICOM but whose header cannot be parsed (corrupt or cut short)."""
+
+
 def skip_record(file: str, reason: str) -> Skipped:
     log.info("skipped %s: %s", file, reason)
     return Skipped(file=file, reason=reason)
 
 
-def list_files(src: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str, list[str]]:
-    """``(fs, root, paths)``: every file under ``src`` (recursive), sorted; ``src`` may be one file."""
+def list_files(src: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str, dict[str, int | None]]:
+    """``(fs, root, {path: size})``: every file under ``src`` (recursive), sorted; ``src`` may be one file."""
     fs, root = storage.get_fs(src, storage_options)
     root = root.rstrip("/") or root
     if fs.isfile(root):
-        return fs, posixpath.dirname(root), [root]
+        return fs, posixpath.dirname(root), {root: _size(fs.info(root))}
     if not fs.exists(root):
         raise InputError(f"{src}: no such folder or URL prefix")
-    return fs, root, sorted(fs.find(root))
+    found = fs.find(root, detail=True)
+    return fs, root, {path: _size(info) for path, info in sorted(found.items()) if info.get("type") != "directory"}
 
 
-def read_header(fs: Any, path: str, url: str) -> Dataset:
-    """The header (no pixel data) of one file; raises :class:`InvalidDicomError` if not DICOM.
+def _size(info: Mapping[str, Any]) -> int | None:
+    size = info.get("size", info.get("Size"))
+    return None if size is None else int(size)
 
-    Files without the 128-byte preamble and 'DICM' prefix (old exports) are accepted when a
-    forced read finds a SOP class and a series UID; anything else is "not DICOM".
+
+def read_header(fs: Any, path: str, url: str, size: int | None = None) -> tuple[Dataset, bool]:
+    """``(header without pixel data, True if pixel data follows it)`` of one file.
+
+    Raises :class:`InvalidDicomError` if the file is not DICOM and :class:`UnreadableHeader` if
+    it is but its header is corrupt. Files without the 128-byte preamble and 'DICM' prefix (old
+    exports) are accepted when a forced read finds a SOP class and a series UID. A header cut
+    short parses as far as it goes: the second value is then False. Storage errors are retried
+    and then raised as :class:`~ctdenoise.errors.TransientError`, never "unreadable".
     """
-    with fs.open(path, "rb", block_size=HEADER_BLOCK_SIZE) as fh:
+    if size == 0:
+        raise InvalidDicomError("not a DICOM file (no DICM prefix, no DICOM header found)")
+    small = size is not None and size <= HEADER_BLOCK_SIZE
+    data = storage.fetch(fs, path, url, end=None if small else HEADER_BLOCK_SIZE)
+    if len(data) >= HEADER_BLOCK_SIZE and size != len(data):  # the header may go on beyond the first block
         try:
-            return pydicom.dcmread(fh, stop_before_pixels=True)
+            ds, at_pixels = _parse_header(data, url)
+        except UnreadableHeader:
+            at_pixels = False
+        if at_pixels:
+            return ds, True
+        data = storage.fetch(fs, path, url)
+    return _parse_header(data, url)
+
+
+def _parse_header(data: bytes, url: str) -> tuple[Dataset, bool]:
+    """``(header, True if parsing stopped at the pixel data)`` of a file's first bytes."""
+    fh = io.BytesIO(data)
+    try:
+        try:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
         except InvalidDicomError:
             fh.seek(0)
             if fh.read(2) not in RAW_DATASET_STARTS:  # never force-parse arbitrary (possibly huge) files
@@ -103,11 +156,16 @@ def read_header(fs: Any, path: str, url: str) -> Dataset:
             try:
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
             except Exception as exc:  # a forced read of arbitrary bytes fails in many ways
-                raise InvalidDicomError(f"not a DICOM file ({_one_line(exc)})") from exc
+                raise InvalidDicomError(f"not a DICOM file ({one_line(exc)})") from exc
             if "SOPClassUID" not in ds or "SeriesInstanceUID" not in ds:
                 raise InvalidDicomError("not a DICOM file (no DICM prefix, no DICOM header found)") from None
             log.warning("%s: no DICOM preamble/file meta; read as raw DICOM data set", url)
-            return ds
+    except InvalidDicomError:
+        raise
+    except Exception as exc:  # truncated or corrupt headers raise many kinds of errors
+        log.debug("header of %s", url, exc_info=True)
+        raise UnreadableHeader(f"unreadable DICOM header: {one_line(exc)}") from None
+    return ds, fh.tell() < len(data)
 
 
 def skip_reason(ds: Dataset, name: str) -> str | None:
@@ -126,7 +184,7 @@ def skip_reason(ds: Dataset, name: str) -> str | None:
     if sop_class and sop_class != CT_IMAGE_STORAGE:
         return f"SOP class {_class_name(sop_class)}, not CT Image Storage"
     if not sop_class and modality != "CT":
-        return "no SOPClassUID and no CT Modality"
+        return NOT_IDENTIFIED
     image_type = [str(v).upper() for v in _as_list(ds.get("ImageType"))]
     if "LOCALIZER" in image_type:
         return "localizer (scout) image, ImageType " + "\\".join(image_type)
@@ -136,63 +194,90 @@ def skip_reason(ds: Dataset, name: str) -> str | None:
         frames = 1
     if frames > 1:
         return f"multi-frame CT ({frames} frames) not supported"
-    if not str(ds.get("SeriesInstanceUID", "") or "").strip():
-        return "no SeriesInstanceUID (incomplete or truncated header?)"
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         return f"SamplesPerPixel {ds.SamplesPerPixel}: not a grayscale CT image"
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip()
+    if photometric and photometric not in GRAYSCALE:
+        return f"PhotometricInterpretation {photometric}: not a grayscale CT image"
     return None
 
 
-def scan_series(
-    src: str, storage_options: Mapping[str, Any] | None = None
-) -> tuple[dict[str, list[SliceHeader]], list[Skipped]]:
-    """Headers of every CT slice under ``src`` grouped by SeriesInstanceUID, and skip records.
+def scan_series(src: str, storage_options: Mapping[str, Any] | None = None) -> Scan:
+    """Headers of every CT slice under ``src`` grouped by SeriesInstanceUID, skip records, and
+    the broken files of each series (see :class:`Scan` and :func:`place_broken`).
 
     Series appear in order of their first file (files are listed sorted); no pixel data is read.
     """
-    fs, root, paths = list_files(src, storage_options)
+    fs, root, files = list_files(src, storage_options)
     show_protocol = "://" in src
-    series: dict[str, list[SliceHeader]] = {}
-    skipped: list[Skipped] = []
-    for path in paths:
+    scan = Scan()
+    broken: list[tuple[str, Skipped, str | None]] = []  # (folder, record, its series UID if readable)
+    for path, size in files.items():
         url = fs.unstrip_protocol(path) if show_protocol else path
         name = posixpath.relpath(path, root) if root else path
         if posixpath.basename(path) in IGNORED_NAMES:
             log.debug("ignored %s", url)
             continue
         try:
-            ds = read_header(fs, path, url)
+            ds, at_pixels = read_header(fs, path, url, size)
         except InvalidDicomError as exc:
-            skipped.append(skip_record(url, str(exc) if str(exc).startswith("not a DICOM") else "not a DICOM file"))
+            scan.skipped.append(skip_record(url, str(exc) if str(exc).startswith("not a DICOM") else "not a DICOM file"))
             continue
-        except Exception as exc:  # truncated or corrupt headers raise many kinds of errors
-            log.debug("header of %s", url, exc_info=True)
-            skipped.append(skip_record(url, f"unreadable DICOM header: {_one_line(exc)}"))
+        except UnreadableHeader as exc:
+            broken.append((posixpath.dirname(name), Skipped(file=url, reason=str(exc)), None))
             continue
         reason = skip_reason(ds, name)
+        if reason == NOT_IDENTIFIED and not at_pixels:  # cut before it could say what it is: maybe a slice
+            reason = None
         if reason is not None:
-            skipped.append(skip_record(url, reason))
+            scan.skipped.append(skip_record(url, reason))
             continue
-        uid = str(ds.SeriesInstanceUID).strip()
-        series.setdefault(uid, []).append(
-            SliceHeader(
-                url=url,
-                name=name,
-                series_instance_uid=uid,
-                sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
-                geometry=SliceGeometry.from_dataset(ds, url),
-                dataset=ds,
-            )
-        )
-    return series, skipped
+        uid = _whole_series_uid(ds, at_pixels)
+        if not at_pixels or uid is None:
+            why = "no pixel data: the file ends before any (cut short?)" if not at_pixels else "no SeriesInstanceUID"
+            broken.append((posixpath.dirname(name), Skipped(file=url, reason=f"unreadable DICOM header: {why}"), uid))
+            continue
+        header = SliceHeader(url=url, name=name, series_instance_uid=uid, geometry=SliceGeometry.from_dataset(ds, url),
+                             sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""), dataset=ds)  # fmt: skip
+        scan.series.setdefault(uid, []).append(header)
+    place_broken(scan, broken)
+    return scan
+
+
+def _whole_series_uid(ds: Dataset, at_pixels: bool) -> str | None:
+    """The SeriesInstanceUID, unless absent or possibly cut: the last element of a header that
+    ends before its pixel data may have lost the end of its value."""
+    uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    if not uid or (not at_pixels and max(ds.keys()) == pydicom.tag.Tag("SeriesInstanceUID")):
+        return None
+    return uid
+
+
+def place_broken(scan: Scan, broken: list[tuple[str, Skipped, str | None]]) -> None:
+    """Give each broken file to the series it may belong to, which then fails (nothing is
+    published with a slice missing): its own series when its header names one found here; else
+    every series with slices in the same folder (which one it was cannot be told). A broken file
+    of a series not found here, or alone in its folder, is reported as skipped."""
+    folders: dict[str, list[str]] = {}
+    for uid, headers in scan.series.items():
+        for folder in dict.fromkeys(posixpath.dirname(h.name) for h in headers):
+            folders.setdefault(folder, []).append(uid)
+    for folder, record, uid in broken:
+        owners = ([uid] if uid in scan.series else []) if uid else folders.get(folder, [])
+        if not owners:
+            scan.skipped.append(skip_record(record.file, record.reason))
+        for owner in owners:
+            log.warning("series %s: %s: %s", owner, record.file, record.reason)
+            scan.broken.setdefault(owner, []).append(record)
 
 
 def read_hu(header: SliceHeader, storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
     """Pixel data of one slice in Hounsfield units, float32, shape (Rows, Columns).
 
     HU = stored value * RescaleSlope + RescaleIntercept (pydicom's modality LUT, computed in
-    float64 and rounded once to float32). Any read or decode failure becomes a
-    :class:`SeriesInputError` naming the file and the reason.
+    float64 and rounded once to float32). What the bytes say (truncated, undecodable, no pixel
+    data, values beyond :data:`MAX_HU`) is a :class:`SeriesInputError` naming the file and the
+    reason; a storage error is retried, then raised as transient (:func:`ctdenoise.storage.fetch`).
     """
     url, uid = header.url, header.series_instance_uid
 
@@ -200,21 +285,18 @@ def read_hu(header: SliceHeader, storage_options: Mapping[str, Any] | None = Non
         return SeriesInputError(f"series {uid}: {url}: {reason}", series_uid=uid, file=url)
 
     fs, path = storage.get_fs(url, storage_options)
-    try:
-        with fs.open(path, "rb") as fh:
-            try:
-                ds = pydicom.dcmread(fh)
-            except InvalidDicomError:
-                fh.seek(0)
-                ds = pydicom.dcmread(fh, force=True)
-    except Exception as exc:
-        log.debug("reading %s", url, exc_info=True)
-        raise fail(f"unreadable DICOM file: {_one_line(exc)}") from None
+    with about_the_data(lambda exc: fail(f"cannot be read: {one_line(exc)}"), storage=True):
+        data = storage.fetch(fs, path, url)
+    with about_the_data(lambda exc: fail(f"unreadable DICOM file: {one_line(exc)}")):
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+        except InvalidDicomError:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
     if "PixelData" not in ds:
         raise fail("no pixel data (PixelData element missing; file truncated?)")
     _ensure_transfer_syntax(ds)
     syntax = _class_name(str(ds.file_meta.get("TransferSyntaxUID", "")))
-    try:
+    with about_the_data(lambda exc: fail(f"cannot decode pixel data ({syntax}): {one_line(exc)}")):
         stored = ds.pixel_array
     except Exception as exc:  # decoders raise RuntimeError, ValueError, NotImplementedError...
         log.debug("decoding %s", url, exc_info=True)
@@ -227,8 +309,11 @@ def read_hu(header: SliceHeader, storage_options: Mapping[str, Any] | None = Non
         raise fail(f"pixel array shape {stored.shape} is not Rows x Columns ({rows}, {columns})")
     from pydicom.pixels import apply_modality_lut
 
-    hu = apply_modality_lut(stored, ds)
-    return np.asarray(hu, dtype=np.float64).astype(np.float32)
+    hu = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64).astype(np.float32)
+    if hu.size and float(hu.max()) > MAX_HU:
+        raise fail(f"values up to {float(hu.max()):g} HU, above {MAX_HU}: not CT values (PixelRepresentation "
+                   f"{ds.get('PixelRepresentation')} does not match the data, or a wrong rescale)")  # fmt: skip
+    return hu
 
 
 def header_json(ds: Dataset) -> dict[str, Any]:
@@ -301,8 +386,3 @@ def _as_list(value: Any) -> list[Any]:
         return list(value)
     except TypeError:
         return [value]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__

@@ -13,6 +13,9 @@ Anything else is a bug (:data:`EXIT_BUG`); it is retried too, and its traceback 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 
 
@@ -58,23 +61,54 @@ _TRANSIENT_NAMES = {
 }
 
 
+# How an executor's Python exception appears in the Java error of a failed Spark stage.
+_EXECUTOR_INPUT_ERROR = re.compile(r"^\s*ctdenoise\.(errors\.(InputError|ParameterError|CtDenoiseError)|geometry\.SeriesInputError):", re.M)
+
+
 def classify(exc: BaseException) -> Failure:
     """Which kind of failure ``exc`` is (see the module docstring).
 
     A missing file or store is input (what was asked for is not there); every other ``OSError``
     (timeouts, refused connections, S3 5xx answers that s3fs turns into ``OSError``), memory
-    exhaustion and the S3 and Spark client errors are transient.
+    exhaustion and the S3 and Spark client errors are transient, but a failed Spark stage whose
+    executor raised an input error is input.
     """
     if isinstance(exc, CtDenoiseError | FileNotFoundError | NotADirectoryError | IsADirectoryError):
         return Failure.INPUT
     if isinstance(exc, TransientError | OSError | MemoryError | TimeoutError | ConnectionError):
         return Failure.TRANSIENT
     names = {f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__}
+    if "py4j.protocol.Py4JJavaError" in names and _EXECUTOR_INPUT_ERROR.search(str(exc)):
+        return Failure.INPUT  # a Spark stage failed because an executor found bad input
     return Failure.TRANSIENT if names & _TRANSIENT_NAMES else Failure.BUG
 
 
 def exit_code(exc: BaseException) -> int:
     return EXIT_CODES[classify(exc)]
+
+
+def is_transient(exc: BaseException) -> bool:
+    return classify(exc) == Failure.TRANSIENT
+
+
+@contextmanager
+def about_the_data(describe: Callable[[BaseException], CtDenoiseError], *, storage: bool = False) -> Iterator[None]:
+    """Inside this block a failure is the data's fault: it becomes ``describe(exc)``.
+
+    Parsers and decoders fail in many ways (``ValueError``, ``struct.error``, even ``OSError``
+    from Pillow) that :func:`classify` would call bugs or transient; on bytes already in memory
+    they all mean the input is bad. With ``storage=True`` the block also reads storage, and
+    what :func:`classify` calls transient passes through unchanged: a 503 never becomes a
+    property of a file.
+    """
+    try:
+        yield
+    except CtDenoiseError:
+        raise
+    except Exception as exc:
+        if storage and is_transient(exc):
+            raise
+        raise describe(exc) from exc
 
 
 def one_line(exc: BaseException, limit: int = 500) -> str:

@@ -17,7 +17,8 @@ checks) orders them with :func:`order_slices`:
 
 :func:`check_consistency` refuses a series whose slices cannot be stacked into one matrix:
 different Rows/Columns, orientation or pixel spacing. Duplicate positions are refused by
-:func:`order_slices`. Errors are :class:`SeriesInputError`, which carry the series UID and the
+:func:`order_slices`; :func:`spacing_problem` names a gap or uneven spacing (a slice missing
+from the middle of a series looks exactly like that). Errors are :class:`SeriesInputError`, which carry the series UID and the
 first offending file so that the caller can report them per series.
 """
 
@@ -215,6 +216,24 @@ def order_slices(slices: Sequence[SliceGeometry], series_uid: str) -> SliceOrder
                 file=second,
             )
     return SliceOrder(indices=indices, positions=positions, rule=rule)
+
+
+def spacing_problem(slices: Sequence[SliceGeometry], order: SliceOrder, tolerance: float) -> tuple[str, str] | None:
+    """``(why, file)`` if the ordered slices are not evenly spaced, else None: every distance
+    between neighbours must be within ``tolerance`` (a fraction) of their median. Without
+    positions in mm (ordered by InstanceNumber) the spacing cannot be known, a problem too."""
+    if order.rule == "instance_number":
+        return "no slice positions (ImagePositionPatient, SliceLocation): the slice spacing cannot be checked", slices[0].file
+    if len(order.positions) < 3:
+        return None
+    gaps = np.diff(np.asarray(order.positions, dtype=np.float64))
+    median = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - median)))
+    if abs(gaps[worst] - median) <= tolerance * median:
+        return None
+    first, second = (slices[order.indices[j]].file for j in (worst, worst + 1))
+    why = f"uneven slice spacing: {gaps[worst]:g} mm from {first}, median {median:g} mm (tolerance {tolerance:.0%}; a missing slice?)"
+    return why, second
 
 
 def _ordering_keys(slices: Sequence[SliceGeometry], series_uid: str) -> tuple[list[float], str]:

@@ -74,3 +74,9 @@ def delivery_record(series_url: str, output: str, destination: str) -> str:
 
 def deliveries_json(series_url: str) -> str:
     return join(series_url, DELIVERIES_JSON)
+
+
+def report_vouching_for(output_url: str) -> str:
+    """The ``report.json`` that vouches for an output (``<series>/rank-<r>/`` -> ``<series>/report.json``):
+    withdrawn before the output changes."""
+    return report_json(output_url.rstrip("/").rsplit("/", 1)[0])

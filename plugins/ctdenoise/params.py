@@ -8,6 +8,7 @@ A parameter is one pydantic field of one of the models below, grouped by what us
   ``ctdenoise local``);
 - :class:`SeriesSelection` and :class:`DeliveryChoice`: which series a run takes and which of
   their outputs go to the PACS (neither changes an output, so neither is in the params hash);
+- :class:`InputRules` (both modes): which series ``convert`` accepts (sizes, spacing, limits);
 - :class:`RunParams`: all of them plus ``modes`` (:class:`ModeChoice`) and ``force``, what a DAG
   run takes.
 
@@ -71,6 +72,13 @@ class Inplane(StrEnum):
 
     NLM = "nlm"
     NONE = "none"
+
+
+class UnevenSpacing(StrEnum):
+    """What ``convert`` does with a series whose slices are not evenly spaced."""
+
+    FAIL = "fail"
+    WARN = "warn"
 
 
 MAX_RANK = 4096  # a CT series has at most a few thousand slices: rank <= slices
@@ -282,6 +290,38 @@ class LocalParams(ParamModel):
         return f"t{self.tile}-s{self.stride}-{self.shrinkage.value}-m{mults}{suffix}{extra}"
 
 
+class InputRules(ParamModel):
+    """Which series ``convert`` accepts, checked from the headers before any pixel is decoded
+    (:mod:`ctdenoise.acceptance`). They decide whether a series is processed, not what its
+    outputs hold, so they are not part of the params hash."""
+
+    min_slices_global: int = Field(3, ge=1, le=MAX_RANK, title="Minimum slices (global mode)",
+                                   description="A series with fewer slices is refused when the global mode runs.")  # fmt: skip
+    min_slices_local: int = Field(3, ge=1, le=MAX_RANK, title="Minimum slices (local mode)",
+                                  description="A series with fewer slices is refused when the local mode runs.")  # fmt: skip
+    min_size_global: int = Field(16, ge=1, le=65535, title="Minimum rows and columns (global mode)",
+                                 description="A series with fewer rows or columns is refused when the global mode runs.")  # fmt: skip
+    min_size_local: int = Field(16, ge=1, le=65535, title="Minimum rows and columns (local mode)",
+                                description="A series with fewer rows or columns is refused when the local mode runs.")  # fmt: skip
+    max_pixels: int = Field(4096 * 4096, ge=1, title="Maximum pixels per slice",
+                            description="Rows x Columns above this are refused before any pixel is decoded.")  # fmt: skip
+    max_series_mib: int = Field(2048, ge=1, title="Maximum series matrix (MiB)",
+                                description="A series whose matrix (rows x columns x slices float32) is larger is refused "
+                                "before any pixel is decoded (convert holds it in memory).")  # fmt: skip
+    spacing_tolerance: float = Field(0.05, gt=0, le=1, title="Slice spacing tolerance",
+                                     description="Largest deviation of a distance between neighbouring slices from their "
+                                     "median, as a fraction of the median.")  # fmt: skip
+    uneven_spacing: UnevenSpacing = Field(UnevenSpacing.FAIL, title="Uneven slice spacing",
+                                          description="fail: refuse a series with a gap or uneven spacing (or without slice "
+                                          "positions); warn: convert it, log a warning and record it in the report.")  # fmt: skip
+
+    def min_slices(self, mode: Mode) -> int:
+        return self.min_slices_global if mode == Mode.GLOBAL else self.min_slices_local
+
+    def min_size(self, mode: Mode) -> int:
+        return self.min_size_global if mode == Mode.GLOBAL else self.min_size_local
+
+
 def multiplier_label(multiplier: float) -> str:
     """``x1``, ``x0.5``: how a multiplier appears in output folder names and task labels."""
     return f"x{float(multiplier):g}"
@@ -349,11 +389,12 @@ class SeriesSelection(ParamModel):
     )
 
 
-NOT_HASHED = frozenset({"force", "deliver", "selection"})
-"""Parameters that do not change what a series' outputs are: a change reprocesses nothing."""
+NOT_HASHED = frozenset({"force", "deliver", "selection", *InputRules.model_fields})
+"""Parameters that do not change what a series' outputs are (which series are taken, where
+outputs go, which inputs are accepted): a change reprocesses nothing."""
 
 
-class RunParams(DeliveryChoice, SeriesSelection, LocalParams, SvdParams, RankRules, ModeChoice):
+class RunParams(DeliveryChoice, SeriesSelection, InputRules, LocalParams, SvdParams, RankRules, ModeChoice):
     """What one DAG run takes (the trigger form): the modes, every parameter above, ``selection``,
     ``deliver`` and ``force``."""
 
@@ -381,8 +422,16 @@ class RunParams(DeliveryChoice, SeriesSelection, LocalParams, SvdParams, RankRul
         return _subset(self, LocalParams) if Mode.LOCAL in self.modes else None
 
     @property
+    def input_rules(self) -> InputRules:
+        return _subset(self, InputRules)
+
+    @property
     def svd(self) -> SvdParams | None:
         return _subset(self, SvdParams) if Mode.GLOBAL in self.modes else None
+
+    def convert_arguments(self) -> list[str]:
+        """The ``ctdenoise convert`` flags of this run: its modes and input rules."""
+        return [*to_arguments(ModeChoice.model_validate({"modes": self.modes})), *to_arguments(self.input_rules)]
 
     def params_hash(self) -> str:
         """A short stable hash of what changes results (everything but :data:`NOT_HASHED`; the
@@ -511,7 +560,7 @@ def to_arguments(params: ParamModel) -> list[str]:
 def markdown_table(model: type[ParamModel] = RunParams) -> str:
     """The parameter table of docs/configuration.md: name, default, mode, meaning."""
     groups = {name: "both" for name in ("modes", "force", "selection", "deliver")}
-    for group, label in ((RankRules, "global"), (SvdParams, "global"), (LocalParams, "local")):
+    for group, label in ((RankRules, "global"), (SvdParams, "global"), (LocalParams, "local"), (InputRules, "both")):
         groups.update({name: label for name in group.model_fields})
     lines = ["| param | default | mode | meaning |", "|---|---|---|---|"]
     for name, schema in param_schemas(model).items():

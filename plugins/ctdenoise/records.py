@@ -21,12 +21,24 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, computed_field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, computed_field
 
 from ctdenoise import layout
 from ctdenoise.delivery.outcome import DeliveryRecord
-from ctdenoise.errors import InputError
+from ctdenoise.errors import Failure, InputError, TransientError
 from ctdenoise.params import Mode, RunParams, multiplier_label
+from ctdenoise.uids import shown, uid_problem
+
+
+def _valid_uid(value: str) -> str:
+    problem = uid_problem(value)
+    if problem:
+        raise ValueError(f"{shown(value)} is not a valid DICOM UID: {problem}")
+    return value
+
+
+DicomUid = Annotated[str, AfterValidator(_valid_uid)]
+"""A UID that names paths (``<uid>.zarr``, ``denoised/<uid>/``): a record never holds another."""
 
 
 class Record(BaseModel):
@@ -107,7 +119,7 @@ class Series(Record):
     ds: str
     source_url: str
     files: int
-    series_instance_uid: str
+    series_instance_uid: DicomUid
     work_url: str  # <work>/<ds>/<folder>: this folder's intermediate stores
     denoised_url: str  # <denoised>: published results, one folder per series UID
     params: RunParams
@@ -166,19 +178,21 @@ class Skipped(Record):
 
 
 class Failed(Record):
-    """A series that cannot be converted; nothing of it is published."""
+    """A series that cannot be converted; nothing of it is published. ``kind``: why
+    (:class:`ctdenoise.errors.Failure`): its input, a transient failure (retry), or a bug."""
 
     status: Literal["failed"] = "failed"
-    series_instance_uid: str
+    series_instance_uid: str  # as read, possibly not a valid UID (the reason says so)
     file: str
     reason: str
+    kind: Failure = Failure.INPUT
 
 
 class Written(Record):
     """A published series matrix."""
 
     status: Literal["written"] = "written"
-    series_instance_uid: str
+    series_instance_uid: DicomUid
     url: str
     rows: int
     columns: int
@@ -204,15 +218,18 @@ class Converted(Record):
 
     @classmethod
     def from_outcomes(cls, series: Series, outcomes: list[Skipped | Failed | Written]) -> Self:
-        """The folder's own series among what ``ctdenoise convert`` reported; :class:`InputError`
-        naming why when it was not written. Other CT series found in the same folder are
-        converted too, but only the one discover identified goes on."""
+        """The folder's own series among what ``ctdenoise convert`` reported; when it was not
+        written, the failure of its kind naming why (both runtimes decide here): :class:`InputError`
+        (fails at once), :class:`TransientError` or, for a bug, ``RuntimeError`` (both retried).
+        Other CT series found in the same folder are converted too, but only the one discover
+        identified goes on."""
         mine = [o for o in outcomes if isinstance(o, Written) and o.series_instance_uid == series.series_instance_uid]
         if mine:
             return cls(series=series, matrix=mine[0], outcomes=tuple(outcomes))
         failed = [o for o in outcomes if isinstance(o, Failed) and o.series_instance_uid == series.series_instance_uid]
         reason = failed[0].reason if failed else "no matrix written"
-        raise InputError(f"{series.where}: conversion failed: {reason}")
+        error = {Failure.TRANSIENT: TransientError, Failure.BUG: RuntimeError}.get(failed[0].kind if failed else None, InputError)
+        raise error(f"{series.where}: conversion failed: {reason}")
 
     @property
     def others(self) -> list[str]:

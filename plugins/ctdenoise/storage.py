@@ -1,14 +1,22 @@
 """Where bytes live: fsspec URLs for local folders, ``file://`` and ``s3://`` alike.
 
-Every producer in ctdenoise writes its output into a private local staging folder and then
-*publishes* it with :func:`publish_dir`. Publishing is what makes outputs atomic:
+Every producer in ctdenoise writes its output into a private local staging folder
+(:func:`staging_dir`, see :mod:`ctdenoise.scratch`) and then *publishes* it with
+:func:`publish_dir`. Publishing is what makes outputs atomic:
 
-- on a local file system the staged folder is renamed into place (``os.replace`` on the same
-  file system), so a reader sees either the old folder or the new one, never a mixture;
+- on a local file system the staged folder is copied beside the destination and swapped into
+  place (:func:`ctdenoise.replace.exchange`), so a reader sees either the old folder or the new
+  one, never a mixture and never none;
 - on object storage (S3 has no rename) every object is uploaded first and the *commit files*
   last: the root ``zarr.json`` of a Zarr store (a Zarr reader cannot open a store without it)
   or the ``_SUCCESS`` marker of a plain folder. Readers only trust prefixes whose commit file
-  exists (:func:`is_published`).
+  exists (:func:`is_published`). A plain folder that replaces a complete one is switched
+  through its marker (:func:`ctdenoise.replace.swap_remote`), so that one complete version is
+  there at every moment; readers follow the marker with :func:`published_root`.
+
+A ``_SUCCESS`` marker names its publication (a random id, :func:`publication_id`): whoever
+vouches for a folder (``report.json``) records the id and can tell later whether the folder is
+still the one it vouched for.
 
 S3 endpoint and credentials come from the environment (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``) or from explicit
@@ -17,9 +25,10 @@ S3 endpoint and credentials come from the environment (``AWS_ENDPOINT_URL``,
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -28,8 +37,16 @@ from typing import Any
 
 import fsspec
 
+from ctdenoise import replace, scratch
+
+log = logging.getLogger(__name__)
+
 SUCCESS_MARKER = "_SUCCESS"
 ZARR_METADATA = "zarr.json"
+READ_ATTEMPTS = 3
+"""Reads of input objects (:func:`fetch`) tried this often before a transient failure is final."""
+READ_BACKOFF_SECONDS = 1.0
+"""Wait before the second attempt; doubled before each later one."""
 
 
 def storage_options_from_env(protocol: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -97,14 +114,52 @@ def is_published(url: str, storage_options: Mapping[str, Any] | None = None) -> 
     return fs.exists(f"{path.rstrip('/')}/{SUCCESS_MARKER}")
 
 
+def publication_id(url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """The id in the ``_SUCCESS`` marker of a published folder (``""`` for an older, empty
+    marker); None when the folder is not published."""
+    try:
+        data = read_bytes(join(url, SUCCESS_MARKER), storage_options)
+    except FileNotFoundError:
+        return None
+    return str(replace.read_marker(data).get("publication", ""))
+
+
+def published_root(url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """Where the complete files of the published folder ``url`` are right now: ``url`` itself,
+    or during a replacement on S3 the sub-folder its marker names; None if not published."""
+    try:
+        data = read_bytes(join(url, SUCCESS_MARKER), storage_options)
+    except FileNotFoundError:
+        return None
+    at = replace.read_marker(data).get("at")
+    return join(url, str(at)) if at else url
+
+
+def remove(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Delete one object or file if it exists (a completion marker being withdrawn)."""
+    fs, path = get_fs(url, storage_options)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+    fs.invalidate_cache(path)
+
+
+def remove_tree(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Delete a folder or prefix and everything below it; True if there was something."""
+    fs, path = get_fs(url, storage_options)
+    if not fs.exists(path):
+        return False
+    fs.rm(path, recursive=True)
+    return True
+
+
 @contextmanager
 def staging_dir(prefix: str = "ctdenoise-") -> Iterator[Path]:
-    """A private local folder that disappears afterwards, whatever happens."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
+    """A private local folder that disappears afterwards, whatever happens; one left by a
+    killed process is removed when a later process stages (:mod:`ctdenoise.scratch`)."""
+    with scratch.staging_area(prefix) as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _commit_files(staged: Path) -> list[Path]:
@@ -116,19 +171,24 @@ def publish_dir(staged: Path, dest_url: str, storage_options: Mapping[str, Any] 
     """Make the staged local folder visible at ``dest_url`` in one step (see module docstring).
 
     An existing destination is replaced, so a re-run overwrites instead of merging with stale
-    objects. Plain folders get a ``_SUCCESS`` marker if they do not carry a ``zarr.json``.
+    objects. Plain folders get a ``_SUCCESS`` marker naming a new publication id if they do
+    not carry a ``zarr.json``.
     """
     staged = Path(staged)
+    publication = uuid.uuid4().hex
     if not (staged / ZARR_METADATA).exists():
-        (staged / SUCCESS_MARKER).write_text("")
+        (staged / SUCCESS_MARKER).write_bytes(replace.marker(publication))
     if is_local(dest_url):
         _publish_local(staged, local_path(dest_url))
         return dest_url
     fs, dest = get_fs(dest_url, storage_options)
     dest = dest.rstrip("/")
     commit = _commit_files(staged)
-    _withdraw_remote(fs, dest)
     files = sorted(p for p in staged.rglob("*") if p.is_file() and p not in commit)
+    if commit == [staged / SUCCESS_MARKER] and fs.exists(f"{dest}/{SUCCESS_MARKER}"):
+        replace.swap_remote(fs, [(p, p.relative_to(staged).as_posix()) for p in files], dest, publication)
+        return dest_url
+    _withdraw_remote(fs, dest)
     for batch in (files, commit):  # the commit files only once everything else has landed
         if batch:
             fs.put([str(p) for p in batch], [f"{dest}/{p.relative_to(staged).as_posix()}" for p in batch])
@@ -139,13 +199,14 @@ def open_publication(dest_url: str, storage_options: Mapping[str, Any] | None = 
     """Where several writers (Spark executors) build a store that :func:`commit_publication`
     then makes visible at ``dest_url``.
 
-    Local: a hidden sibling folder, renamed over the destination at the commit. Remote: the
+    Local: a hidden sibling folder, swapped with the destination at the commit. Remote: the
     destination itself, after withdrawing the old commit files and removing the old objects;
     nothing is visible there until the writer puts the commit file (``zarr.json``) last.
     """
     if is_local(dest_url):
         dest = local_path(dest_url)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        scratch.sweep_siblings(dest)
         work = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
         work.mkdir()
         return str(work)
@@ -165,10 +226,10 @@ def _withdraw_remote(fs: fsspec.AbstractFileSystem, dest: str) -> None:
 
 
 def commit_publication(work_url: str, dest_url: str) -> None:
-    """Finish :func:`open_publication` once the commit file is in ``work_url`` (local: the rename)."""
+    """Finish :func:`open_publication` once the commit file is in ``work_url`` (local: the swap)."""
     if not is_local(dest_url) or work_url == dest_url:
         return
-    _replace_local(local_path(work_url), local_path(dest_url))
+    replace.exchange(local_path(work_url), local_path(dest_url))
 
 
 def abandon_publication(work_url: str, dest_url: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -184,25 +245,15 @@ def abandon_publication(work_url: str, dest_url: str, storage_options: Mapping[s
 
 def _publish_local(staged: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # Copy next to the destination first, so the final rename stays on one file system.
+    scratch.sweep_siblings(dest)
+    # Copy next to the destination first, so the final swap stays on one file system.
     sibling = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         shutil.copytree(staged, sibling)
+        replace.exchange(sibling, dest)
     except BaseException:
         shutil.rmtree(sibling, ignore_errors=True)
         raise
-    _replace_local(sibling, dest)
-
-
-def _replace_local(ready: Path, dest: Path) -> None:
-    """Rename the complete folder ``ready`` (beside ``dest``) over ``dest``, old one removed after."""
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dest, old)
-    os.replace(ready, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -221,3 +272,28 @@ def write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None
 def read_bytes(url: str, storage_options: Mapping[str, Any] | None = None) -> bytes:
     fs, path = get_fs(url, storage_options)
     return fs.cat_file(path)
+
+
+def fetch(fs: fsspec.AbstractFileSystem, path: str, url: str, end: int | None = None) -> bytes:
+    """The first ``end`` bytes of one object (all of it by default), read again after a
+    transient failure.
+
+    A storage error is never a property of the file it happened on: after :data:`READ_ATTEMPTS`
+    tries (backoff from :data:`READ_BACKOFF_SECONDS`, doubling) it becomes a
+    :class:`~ctdenoise.errors.TransientError` naming ``url``, which fails the series as
+    transient (retried) instead of passing the file off as unreadable. Input errors (a missing
+    object) propagate unchanged.
+    """
+    from ctdenoise.errors import TransientError, is_transient, one_line
+
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return fs.cat_file(path, start=None if end is None else 0, end=end)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == READ_ATTEMPTS:
+                raise TransientError(f"{url}: storage error after {attempt} attempts: {one_line(exc)}") from exc
+            log.warning("%s: read failed (%s); attempt %d of %d", url, one_line(exc), attempt + 1, READ_ATTEMPTS)
+            time.sleep(READ_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")

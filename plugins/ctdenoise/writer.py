@@ -25,6 +25,9 @@ Output at ``dest_url`` (staged locally, published atomically, ``_SUCCESS`` last)
     preview.png            middle slice: input | denoised | difference
     metrics.json           see :func:`reconstruct`
 
+The series' ``report.json`` beside the output (:func:`ctdenoise.layout.report_vouching_for`)
+is removed before the output is replaced: it vouches for the outputs as they were.
+
 UIDs are derived from the source UIDs and the parameters that determine the pixels (rank and
 the SVD's method, k, seed, oversampling, power iterations), and the files carry no clock
 time, so a rerun writes byte-identical DICOM files.
@@ -43,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ctdenoise import __version__, matrix_store, storage
+from ctdenoise import __version__, layout, matrix_store, storage
 from ctdenoise.derived_series import DEFAULT_PREFIX
 from ctdenoise.errors import InputError, ParameterError
 
@@ -108,6 +111,7 @@ class SourceSeries:
         uids = [str(u) for u in attrs["sop_instance_uids"]]
         if len(uids) != slices:
             raise InputError(f"{url}: {len(uids)} sop_instance_uids for {slices} slices")
+        _check_uids(url, attrs, uids)
         from pydicom.uid import CTImageStorage
 
         return cls(
@@ -122,6 +126,20 @@ class SourceSeries:
             sop_class_uid=str(attrs.get("sop_class_uid") or CTImageStorage),
             attrs=attrs,
         )
+
+
+def _check_uids(url: str, attrs: Mapping[str, Any], sop_uids: Sequence[str]) -> None:
+    """The source UIDs a derived series copies or derives from must be DICOM UIDs (convert
+    refuses others; a matrix from elsewhere is checked again here)."""
+    from ctdenoise.uids import shown, uid_problem
+
+    given = [("series_instance_uid", attrs.get("series_instance_uid"))]
+    given += [(key, attrs.get(key)) for key in ("study_instance_uid", "frame_of_reference_uid") if attrs.get(key)]
+    given += [("sop_instance_uids", uid) for uid in sop_uids]
+    for key, value in given:
+        problem = uid_problem(str(value))
+        if problem:
+            raise InputError(f"{url}: {key} {shown(value)} is not a valid DICOM UID: {problem}")
 
 
 def _validate_rank(rank: Any, k: int, svd_url: str) -> int:
@@ -630,6 +648,8 @@ def _publish(
         _write_preview(staged / "preview.png", source, denoised, images)
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         (staged / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        # The series' completion marker goes first: it never vouches for an output that changed.
+        storage.remove(layout.report_vouching_for(dest_url), storage_options)
         storage.publish_dir(staged, dest_url, storage_options)
 
 

@@ -368,7 +368,10 @@ def run_d1(stack: Stack, sources: dict[str, Series]) -> FirstRun:
     for folder in (GOOD, DUPLICATE, TRUNCATED):
         stack.upload(sources[folder], D1)
     head = _upload_slowly(stack, sources[SLOW], D1, lambda: False, which=slice(0, 1))
-    extra = {"CT_DENOISE_SETTLE_SECONDS": str(SETTLE_SECONDS), "CT_DENOISE_POKE_INTERVAL_SECONDS": str(POKE_SECONDS)}
+    # Work data kept in this run only: scenario 5 reads series-b's matrix afterwards (clean_work
+    # removes a published series' work data by default: scenario 4 checks that).
+    extra = {"CT_DENOISE_SETTLE_SECONDS": str(SETTLE_SECONDS), "CT_DENOISE_POKE_INTERVAL_SECONDS": str(POKE_SECONDS),
+             "CT_DENOISE_WORK_RETENTION": "keep"}  # fmt: skip
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -561,7 +564,9 @@ def test_each_date_is_processed_in_its_own_run(
     report = stack.read_json("denoised", uid, "report.json")
     assert report["run"]["run_id"] == run.run_id and report["run"]["logical_date"].startswith(D2)
     assert report["source"]["source_url"] == f"s3://{stack.key('incoming', D2, OTHER_DAY)}"
-    assert {k.split("/")[3] for k in stack.snapshot("work", D2)} == {OTHER_DAY}
+    # published and reported: clean_work removed the series' work data (patient data)
+    assert run.state("clean_work", OTHER_DAY) == "success" and run.xcoms[("clean_work", 0)]["removed"] is True
+    assert stack.snapshot("work", D2) == {}
     new = set(run_d2.after) - set(run_d2.before)
     assert new and all(k.startswith(stack.key("denoised", uid) + "/") for k in new), sorted(new)[:5]
     assert run_d1.denoised.items() <= run_d2.before.items(), "D1 outputs as run 1 left them"
@@ -636,6 +641,7 @@ def forced_d2(rerun_d1: Snapshots, stack: Stack, sources: dict[str, Series]) -> 
 #: report.json fields that describe the run rather than the result: expected to change.
 RUN_SPECIFIC = (
     "run.run_id", "params.force", "svd.timings", "ranks.*.metrics.seconds", "local.timings", "local.outputs.*.metrics.seconds",
+    "ranks.*.publication", "local.outputs.*.publication",  # each publication has its own id (ctdenoise.completion)
 )  # fmt: skip
 
 

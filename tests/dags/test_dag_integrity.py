@@ -20,6 +20,9 @@ EXPECTED_EDGES = {
     ("report", "plan_deliveries"),
     ("plan_deliveries", "deliver"),
     ("report", "check_series"),
+    ("discover_series", "clean_work"),
+    ("report", "clean_work"),
+    ("deliver", "clean_work"),
 }
 PARSE_BUDGET_SECONDS = 2.0
 
@@ -79,14 +82,27 @@ def test_graph_is_the_pipeline(probe: dict) -> None:
     tasks = probe["tasks"]
     assert edges(tasks) == EXPECTED_EDGES
     mapped = {task_id for task_id, t in tasks.items() if t["mapped"]}
-    assert mapped == {"convert", "dssvd", "reconstruct", "report", "deliver"}
+    assert mapped == {"convert", "dssvd", "reconstruct", "report", "deliver", "clean_work"}
     rules = {task_id: t["trigger_rule"] for task_id, t in tasks.items()}
     for task_id in ("dssvd", "plan_ranks", "report"):
         assert rules[task_id] == "all_done_min_one_success", task_id
+    # a teardown: runs whatever happened before it, and the run's state stays report's
+    assert rules["clean_work"] == "all_done_setup_success"
     for task_id in ("wait_for_scans", "wait_for_settled_upload", "discover_series", "convert", "reconstruct", "deliver"):
         assert rules[task_id] == "all_success", task_id
     assert rules["plan_deliveries"] == "all_done"  # a series' delivery never waits for another's report
     assert rules["check_series"] == "one_failed"  # a failed series still fails the run
+
+
+def test_clean_work_is_a_teardown_that_waits_for_report(dag) -> None:  # noqa: ANN001 (the parsed DAG)
+    """Work data goes after report (and, once the DAG delivers, after deliver); as a teardown
+    clean_work never decides the run's state, which stays failed when a series failed."""
+    import sys
+
+    clean = dag.get_task("clean_work")
+    assert sys.modules[clean.python_callable.__module__].RETENTION_AFTER == ("report",)
+    assert clean.is_teardown and not clean.on_failure_fail_dagrun
+    assert "report" in clean.upstream_task_ids
 
 
 def test_pools_bound_spark_and_pods(probe: dict) -> None:

@@ -197,7 +197,15 @@ def test_convert_pod_runs_ctdenoise_convert_and_returns_xcom(pods: dict) -> None
     args = base["args"]
     assert args[0] == "convert"
     assert json.loads(args[args.index("--task") + 1]) == series
-    assert args[args.index("--") + 1 :] == ["ctdenoise", "convert", series["source_url"], series["matrix_dir"]]
+    command = args[args.index("--") + 1 :]
+    assert command[:4] == ["ctdenoise", "convert", series["source_url"], series["matrix_dir"]]
+    # the run's modes and input rules, as flags the CLI parses back to the same values
+    from ctdenoise.cli import build_parser
+    from ctdenoise.params import InputRules, RunParams, from_arguments
+
+    parsed = build_parser().parse_args(command[1:])
+    assert from_arguments(InputRules, parsed, "x") == RunParams.from_conf(series["params"]).input_rules
+    assert tuple(parsed.modes) == RunParams.from_conf(series["params"]).modes
     assert any(c["name"] == "airflow-xcom-sidecar" for c in manifest["spec"]["containers"])
     assert label_of(op) == "scan-a"
 

@@ -75,6 +75,13 @@ _NONE_WORDS = ("none", "null", "manual")
 _VERSION_TAG = re.compile(r":v?\d+(\.\d+)*([-+.][0-9A-Za-z.-]+)?$")
 
 
+class WorkRetention(StrEnum):
+    """How long a series' work data (matrices with their DICOM header, decompositions) is kept."""
+
+    REMOVE = "remove"
+    KEEP = "keep"
+
+
 class Settings(BaseModel):
     """Everything the DAG reads from the environment, one field per ``CT_DENOISE_*`` variable."""
 
@@ -193,6 +200,9 @@ class Settings(BaseModel):
                                            "in its QIDO-RS / C-FIND answers before the delivery counts as unconfirmed (retried)")  # fmt: skip
     series_description_prefix: str = Field("DENOISED", max_length=24, description="start of the SeriesDescription of every derived "
                                            "series, before the output ('SVD rank 9', 'local x0.5') and the source's description")  # fmt: skip
+    work_retention: WorkRetention = Field(WorkRetention.REMOVE, description="remove: clean_work deletes a series' work data "
+                                          "(its matrix holds the DICOM header) once its outputs are published and delivered "
+                                          "(see docs/data-retention.md); keep: never (debugging)")  # fmt: skip
 
     @field_validator("schedule", mode="before")
     @classmethod

@@ -25,14 +25,16 @@ Upload settled (the rule that keeps half-uploaded series out)
 Identity and "already published"
     ``discover_series`` reads the header of the first CT slice of each folder (one ranged read)
     for the run's selection rules (:mod:`ctdenoise.selection`: a folder none takes is skipped,
-    never converted) and for its SeriesInstanceUID: results go to ``denoised/<SeriesInstanceUID>/``, and a series
-    whose ``report.json`` carries the same parameter hash is skipped unless ``force``. Two
-    folders of one partition with the same SeriesInstanceUID: the second is skipped.
+    never converted) and for its SeriesInstanceUID (a folder whose UID is not a valid DICOM UID
+    is skipped): results go to ``denoised/<SeriesInstanceUID>/``, and a series whose
+    ``report.json`` carries the same parameter hash, and still vouches for every output it lists
+    (:mod:`ctdenoise.completion`), is skipped unless ``force``. Two folders of one partition
+    with the same SeriesInstanceUID: the second is skipped. Storage errors fail the task (it is
+    retried): a folder is never left out of its own date's run because S3 stumbled.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 import re
@@ -169,11 +171,14 @@ def first_ct_header(fs: Any, files: Sequence[Mapping[str, Any]]) -> tuple[Any, s
     or ``(None, why)``.
 
     ``fs`` is the fsspec filesystem of the listing. Files are tried in name order; usually the
-    first one answers with one ranged read (pydicom stops before the pixel data).
+    first one answers with one ranged read (pydicom stops before the pixel data). A UID that is
+    not a valid DICOM UID names no folder (``denoised/<uid>/``): the folder is skipped. Storage
+    errors are not the file's fault: they propagate (the task retries) instead of skipping it.
     """
     from pydicom.errors import InvalidDicomError
 
-    from ctdenoise.dicom_series import IGNORED_NAMES, read_header, skip_reason
+    from ctdenoise.dicom_series import IGNORED_NAMES, UnreadableHeader, read_header, skip_reason
+    from ctdenoise.uids import shown, uid_problem
 
     if not files:
         return None, "empty folder"
@@ -184,15 +189,18 @@ def first_ct_header(fs: Any, files: Sequence[Mapping[str, Any]]) -> tuple[Any, s
         if name in IGNORED_NAMES:
             continue
         try:
-            ds = read_header(fs, path, path)
+            ds, _ = read_header(fs, path, path, f.get("size"))
         except InvalidDicomError:
             reasons.append(f"{name}: not DICOM")
             continue
-        except Exception as exc:  # truncated headers fail in many ways; convert reports them precisely
-            reasons.append(f"{name}: unreadable header ({exc.__class__.__name__})")
+        except UnreadableHeader as exc:  # convert reports it precisely, and fails the series for it
+            reasons.append(f"{name}: {exc}")
             continue
         reason = skip_reason(ds, name)
         if reason is None:
+            problem = uid_problem(str(ds.get("SeriesInstanceUID", "") or "").strip())
+            if problem:
+                return None, f"{name}: SeriesInstanceUID {shown(str(ds.get('SeriesInstanceUID', '')))} is not a valid DICOM UID: {problem}"
             return ds, ""
         reasons.append(f"{name}: {reason}")
     summary = "; ".join(reasons[:3]) + (f"; ... ({len(reasons)} files)" if len(reasons) > 3 else "")
@@ -200,16 +208,11 @@ def first_ct_header(fs: Any, files: Sequence[Mapping[str, Any]]) -> tuple[Any, s
 
 
 def published_hash(report_url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
-    """The ``params_hash`` of a published ``report.json``, or None if there is none (or unreadable)."""
-    try:
-        data = json.loads(storage.read_bytes(report_url, storage_options))
-    except FileNotFoundError:
-        return None
-    except (ValueError, OSError) as exc:
-        log.warning("%s: unreadable (%s); treated as not published", report_url, exc)
-        return None
-    value = data.get("params_hash") if isinstance(data, dict) else None
-    return str(value) if value else None
+    """The ``params_hash`` of a published ``report.json`` when it may be trusted (every output it
+    vouches for still published as it saw it: :func:`ctdenoise.completion.trusted_hash`), else None."""
+    from ctdenoise.completion import trusted_hash
+
+    return trusted_hash(report_url.rstrip("/").rsplit("/", 1)[0], storage_options)
 
 
 def discover(

@@ -35,7 +35,7 @@ def convert_series(series: dict[str, Any], aws_conn_id: str) -> dict[str, Any]:
     from ctdenoise.records import Converted, Series
 
     one = Series.from_xcom(series)
-    outcomes = list(convert(one.source_url, one.matrix_dir, storage_options=aws.storage_options(aws_conn_id)))
+    outcomes = list(convert(one.source_url, one.matrix_dir, storage_options=aws.storage_options(aws_conn_id), params=one.params))
     return Converted.from_outcomes(one, outcomes).to_xcom()
 
 

@@ -10,9 +10,11 @@ so the downstream tasks read one format whichever runtime produced it::
     python -m ctdenoise.orchestration.podrun convert --task '<series JSON>' -- ctdenoise convert SRC DST
     python -m ctdenoise.orchestration.podrun reconstruct --task '<plan item JSON>' -- ctdenoise reconstruct ...
 
-Exit status: the command's own (:mod:`ctdenoise.errors`: 2 input, 75 transient, 1 a bug), 2 if
-its output does not hold the expected result (the folder's series failed to convert while
-another one succeeded: the command's partial status 3 is not a failure by itself).
+Exit status: decided by this task's own result, as the local runtime decides
+(:meth:`ctdenoise.records.Converted.from_outcomes`): 0 when the folder's series was written,
+whatever happened to other series of the folder (the command's 3, partial, or its 75 for
+another series); else the kind of its failure (:mod:`ctdenoise.errors`: 2 input, 75 transient,
+1 a bug). A command that printed no result exits with its own status.
 Runs in the worker image: standard library and the ctdenoise package only, no Airflow.
 """
 
@@ -72,16 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no command after '--'")
     task = json.loads(args.task)
 
-    from ctdenoise.errors import EXIT_INPUT, EXIT_OK, EXIT_PARTIAL, CtDenoiseError
+    from ctdenoise.errors import EXIT_OK, exit_code, one_line
 
     code, records = run_command(command)
-    if code not in (EXIT_OK, EXIT_PARTIAL):  # partial: other series of the folder failed; is ours there?
+    if not records and code != EXIT_OK:  # failed before reporting anything (the command said why)
         return code
     try:
         result = build_result(args.kind, task, records)
-    except CtDenoiseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+    except Exception as exc:  # noqa: BLE001 (its kind is the pod's exit status)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
     xcom = Path(args.xcom)
     if xcom.parent.is_dir():
         xcom.write_text(json.dumps(result))

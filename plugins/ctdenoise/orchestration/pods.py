@@ -159,7 +159,7 @@ def convert_pod_kwargs(series: dict[str, Any]) -> dict[str, Any]:
     from ctdenoise.records import Series
 
     one = Series.from_xcom(series)
-    command = ["ctdenoise", "convert", one.source_url, one.matrix_dir]
+    command = ["ctdenoise", "convert", one.source_url, one.matrix_dir, *one.params.convert_arguments()]
     return {
         "arguments": ["convert", "--task", json.dumps(one.to_xcom(), sort_keys=True), "--", *command],
         "annotations": {LABEL_ANNOTATION: one.label, "ctdenoise/series-instance-uid": one.series_instance_uid},

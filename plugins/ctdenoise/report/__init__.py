@@ -4,7 +4,9 @@
 planned output of the series was written in this run, so that ``report.json`` keeps meaning
 "complete" and the next run retries an incomplete series. :func:`write_report` writes the two
 files: the page first, then the JSON, each in one PUT (:func:`ctdenoise.storage.write_bytes`);
-``publish_dir`` is not used, it would replace the series folder and with it the outputs.
+``publish_dir`` is not used, it would replace the series folder and with it the outputs. The
+JSON records the publication id of each output (:mod:`ctdenoise.completion`, which says when it
+may be trusted).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ctdenoise import layout, storage
+from ctdenoise.completion import stamp
 from ctdenoise.errors import InputError, ParameterError
 from ctdenoise.params import Mode
 from ctdenoise.records import Omitted, Output, Reconstructed, Series, SeriesReport
@@ -56,6 +59,7 @@ def write_report(
     deliveries = section_html(load_records(series.series_url, storage_options))  # earlier deliveries stay on the page
     page = render_page(series, data, summary, ranks, local, run, reference_url, deliveries)
     storage.write_bytes(layout.report_html(series.series_url), page.encode("utf-8"), storage_options)
+    stamp(summary, storage_options)  # which version of each output this report vouches for
     payload = json.dumps(summary, sort_keys=True, indent=2, allow_nan=False) + "\n"
     storage.write_bytes(layout.report_json(series.series_url), payload.encode("utf-8"), storage_options)
     return summary
@@ -94,6 +98,9 @@ def publish_report(
     missing = [o.label for o in mine if o.output_url not in done]
     if missing:
         raise InputError(f"{series.where}: {', '.join(missing)} not reconstructed (see reconstruct); no report published")
+    gone = [o.label for o in mine if not storage.is_published(o.output_url, storage_options)]
+    if gone:
+        raise InputError(f"{series.where}: {', '.join(gone)} reconstructed but not published any more; no report published")
     entries = [ReportEntry(o, done[o.output_url]) for o in mine]
     summary = write_report(series, entries, run, storage_options=storage_options, omitted=omitted)
     return SeriesReport(

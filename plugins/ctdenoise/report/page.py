@@ -136,6 +136,7 @@ def facts(series: Series, data: SeriesData, summary: Mapping[str, Any], ranks: S
         ("Local mode", local_text),
         ("Failed ranks", ", ".join(map(str, summary["failed_ranks"])) or "none"),
         *(("Not reconstructed", f"{o['output']}: {o['reason']}") for o in summary.get("omitted") or []),
+        ("Accepted with warnings", "; ".join(summary.get("warnings") or []) or "none"),
     ]
 
 

@@ -31,6 +31,7 @@ def build_summary(
             "pixel_spacing_mm": data.attrs.get("pixel_spacing"), "slice_spacing_mm": data.attrs.get("slice_spacing"),
             "ordering": data.attrs.get("ordering"),
         },
+        "warnings": list(data.attrs.get("warnings") or []),
         "run": {"dag_id": run.dag_id, "run_id": run.run_id, "logical_date": run.logical_date},
         "params": series.params.as_json(),
         "params_hash": series.params_hash,
