@@ -67,7 +67,7 @@ def test_a_missing_decoder_is_a_broken_image_not_bad_input(tmp_path: Path, monke
     real = Decoder.available_plugins
     monkeypatch.setattr(Decoder, "available_plugins", property(lambda self: tuple(p for p in real.fget(self) if p != "gdcm")))
     monkeypatch.setattr(Decoder, "_validate_plugins", lambda self, plugin="": {})
-    (header,) = next(iter(scan_series(str(tmp_path / "in"))[0].values()))
+    (header,) = next(iter(scan_series(str(tmp_path / "in")).series.values()))
     with pytest.raises(transfer_syntaxes.MissingDecoderError, match="python-gdcm") as raised:
         read_hu(header)
     assert classify(raised.value) == Failure.BUG

@@ -165,7 +165,18 @@ def _parse_header(data: bytes, url: str) -> tuple[Dataset, bool]:
     except Exception as exc:  # truncated or corrupt headers raise many kinds of errors
         log.debug("header of %s", url, exc_info=True)
         raise UnreadableHeader(f"unreadable DICOM header: {one_line(exc)}") from None
+    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in dir(ds) else None
+    if syntax is not None and UID(syntax).is_deflated:  # the compressed stream's position says nothing
+        return ds, _has_pixel_data(data)
     return ds, fh.tell() < len(data)
+
+
+def _has_pixel_data(data: bytes) -> bool:
+    """Whether a deflated data set holds pixel data (read whole: a part of it does not inflate)."""
+    try:
+        return "PixelData" in pydicom.dcmread(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 (cut short: the caller reads the whole file, or reports it cut)
+        return False
 
 
 def skip_reason(ds: Dataset, name: str) -> str | None:
@@ -296,14 +307,16 @@ def read_hu(header: SliceHeader, storage_options: Mapping[str, Any] | None = Non
         raise fail("no pixel data (PixelData element missing; file truncated?)")
     _ensure_transfer_syntax(ds)
     syntax = _class_name(str(ds.file_meta.get("TransferSyntaxUID", "")))
-    with about_the_data(lambda exc: fail(f"cannot decode pixel data ({syntax}): {one_line(exc)}")):
-        stored = ds.pixel_array
-    except Exception as exc:  # decoders raise RuntimeError, ValueError, NotImplementedError...
-        log.debug("decoding %s", url, exc_info=True)
+
+    def undecodable(exc: BaseException) -> SeriesInputError:
         from ctdenoise.transfer_syntaxes import require_decoder
 
+        log.debug("decoding %s", url, exc_info=exc)
         require_decoder(ds.file_meta.get("TransferSyntaxUID", ""))  # a supported syntax: the image lacks a decoder
-        raise fail(f"cannot decode pixel data ({syntax}): {_one_line(exc)}") from None
+        return fail(f"cannot decode pixel data ({syntax}): {one_line(exc)}")
+
+    with about_the_data(undecodable):
+        stored = ds.pixel_array
     rows, columns = int(ds.Rows), int(ds.Columns)
     if stored.shape != (rows, columns):
         raise fail(f"pixel array shape {stored.shape} is not Rows x Columns ({rows}, {columns})")

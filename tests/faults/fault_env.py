@@ -11,7 +11,10 @@ from proxy import FaultProxy
 DS = "2026-11-20"
 CONN_ID = "ct_faults"
 # Small and quick: both modes, one global rank and one local multiplier.
-CONF = {"ranks": [2], "drop_percents": [], "auto_rank": False, "multipliers": [1.0], "tile": 8, "stride": 8, "inplane": "none"}
+# Small series from tests/convert_fixtures.py (no ImageType, a few slices): the selection takes every
+# CT series, so that what is tested is the fault, not the deployment's selection policy.
+CONF = {"ranks": [2], "drop_percents": [], "auto_rank": False, "multipliers": [1.0], "tile": 8, "stride": 8, "inplane": "none",
+        "selection": {"selections": [{"name": "any CT", "conditions": {"Modality": "(?i)^CT$"}}]}}
 
 
 @dataclass

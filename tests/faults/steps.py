@@ -78,7 +78,8 @@ class Pipeline:
     def plan(self, converted: Converted) -> list[Output]:
         from ctdenoise.plan import plan
 
-        items, left_out = plan([converted], self.options)
+        planned = plan([converted], self.options)
+        items, left_out = planned.items, planned.left_out
         assert not left_out, left_out
         return items
 
