@@ -51,7 +51,8 @@ def env_of(envs: dict[str, Path], name: str) -> Path:
 def run(env: Path, args: list[str], *, extra_env: dict[str, str] | None = None, cwd: Path | None = None,
         timeout: float = 300) -> subprocess.CompletedProcess:  # fmt: skip
     """A command inside ``env`` only: its bin first on PATH, no PYTHONPATH into the checkout."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("CT_DENOISE_")}
+    inherited = ("PYTHONPATH", "VIRTUAL_ENV", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")  # the tests' own interpreter
+    clean = {k: v for k, v in os.environ.items() if k not in inherited and not k.startswith("CT_DENOISE_")}
     clean.update({"PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", "MPLBACKEND": "Agg", **(extra_env or {})})
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=clean, cwd=cwd or env)
 
