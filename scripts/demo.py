@@ -7,13 +7,16 @@
    two original series, as a hospital's PACS would;
 4. runs ``airflow dags test ct_denoise <today>`` on the local runtime (Spark local[2]), whose
    ``deliver`` step sends the automatic outputs to that Orthanc by DICOMweb and by DIMSE;
-5. downloads ``denoised/`` into ``demo-output/`` and prints, per series and output (global
-   mode: each rank; local mode: each threshold multiplier), PSNR and SSIM against the truth,
-   the noise estimate and the writer's seconds, the report paths, what was delivered to the
+5. downloads what it shows into ``demo-output/denoised/`` and prints, per series and output
+   (global mode: each rank; local mode: each threshold multiplier), PSNR and SSIM against the
+   truth (for the automatic outputs; every output with DEMO_DOWNLOAD=all), the noise estimate
+   and the writer's seconds, the report paths, what was delivered to the
    PACS, and how to look at it (``python scripts/pacs.py demo-output/pacs`` or ``make ui``);
 6. stops everything it started, also on Ctrl-C.
 
 Sizes via environment: DEMO_SIZE (512), DEMO_SLICES (64), DEMO_PHOTONS (2e4), DEMO_DATE (today).
+It downloads what it shows (reports, previews, metrics, the automatic outputs' DICOM, which the
+table compares with the truth); DEMO_DOWNLOAD=all downloads every output and compares each.
 Exit status: 0 when both good series were published and the broken one was refused.
 """
 
@@ -63,18 +66,11 @@ def follow_tasks(home: Path, stop: threading.Event) -> None:
                 say(f"  {t['task_id']:<16} {label:<40} {t['state']}")
 
 
-def rule_names(rules: list) -> str:
-    """'Gavish-Donoho, drop 10%' from the report's rule entries (names or dicts)."""
-    names = []
-    for rule in rules:
-        name = rule.get("rule") if isinstance(rule, dict) else str(rule)
-        if name == "gavish_donoho":
-            names.append("Gavish-Donoho")
-        elif name == "drop_percent" and isinstance(rule, dict) and "percent" in rule:
-            names.append(f"drop {rule['percent']:g}%")
-        else:
-            names.append(name.replace("_", " "))
-    return ", ".join(names)
+def rule_names(rules: list[dict]) -> str:
+    """'Gavish-Donoho, drop 10%' from the report's rule entries."""
+    from ctdenoise.records import RuleDetail
+
+    return ", ".join(RuleDetail.model_validate(rule).label.replace("–", "-").replace(" %", "%") for rule in rules)
 
 
 def evaluate(denoised: Path, truths: dict[str, Path], inputs: dict[str, Path]) -> list[dict]:
@@ -105,6 +101,8 @@ def evaluate(denoised: Path, truths: dict[str, Path], inputs: dict[str, Path]) -
             row = {"series": source_uid, "what": what}
             if truth is not None and (out_dir / "dicom").is_dir():
                 row.update(compare(load_volume(out_dir / "dicom")[0], truth))
+            else:  # not downloaded (DEMO_DOWNLOAD=all compares it too): the writer's own noise estimate
+                row["noise_std_hu"] = metrics.get("noise_std_hu_denoised")
             row["seconds"] = metrics.get("seconds")
             rows.append(row)
         rows.append({"series": source_uid, "what": f"report: {report_json.with_suffix('.html').relative_to(REPO)}"})
@@ -113,7 +111,7 @@ def evaluate(denoised: Path, truths: dict[str, Path], inputs: dict[str, Path]) -
 
 def print_table(rows: list[dict]) -> None:
     def fmt(value, spec):  # noqa: ANN001
-        return format(value, spec) if isinstance(value, int | float) else "-"
+        return format(value, spec) if isinstance(value, int | float) else format("-", ">" + spec.split(".")[0])
 
     print(f"\n{'series':<28} {'input / mode, rank or multiplier':<44} {'PSNR dB':>8} {'SSIM':>6} {'noise HU':>9} {'seconds':>8}")
     for row in rows:
@@ -180,9 +178,10 @@ def main() -> int:
         say(f"dag run {result.run_state} (exit {result.returncode}) in {result.seconds} s")
 
         fs, _ = devenv_fs(endpoint)
-        say("downloading denoised/ into demo-output/denoised/")
-        if fs.exists(f"{BUCKET}/denoised"):
-            fs.get(f"{BUCKET}/denoised", str(OUT / "denoised"), recursive=True)
+        everything = os.environ.get("DEMO_DOWNLOAD", "").lower() == "all"
+        say(f"downloading {'all of denoised/' if everything else 'reports, previews, metrics and the automatic outputs'}"
+            " into demo-output/denoised/")  # fmt: skip
+        download(fs, OUT / "denoised", everything)
         in_pacs = orthanc.series()
 
     rows = evaluate(OUT / "denoised", truths, inputs)
@@ -198,6 +197,29 @@ def main() -> int:
     if not ok:
         print(result.log_tail(60), file=sys.stderr)
     return 0 if ok else 1
+
+
+def download(fs, into: Path, everything: bool) -> None:  # noqa: ANN001 (an fsspec filesystem)
+    """What the demo shows: every small file (reports, previews, metrics, delivery records) and
+    the DICOM of the automatic outputs, which the table compares with the truth; DEMO_DOWNLOAD=all
+    fetches every output's DICOM too (a 512 x 512 x 64 series is ~33 MB per output)."""
+    root = f"{BUCKET}/denoised"
+    if not fs.exists(root):
+        return
+    automatic = set()
+    for path in fs.glob(f"{root}/*/report.json"):
+        report = json.loads(fs.cat_file(path))
+        series = path.rsplit("/", 2)[-2]
+        if report.get("auto_rank"):
+            automatic.add(f"{series}/rank-{report['auto_rank']}")
+        local = report.get("local") or {}
+        if local.get("automatic_multiplier") is not None:
+            automatic.add(f"{series}/local-x{float(local['automatic_multiplier']):g}")
+    files = [p for p in fs.find(root) if everything or "/dicom/" not in p or "/".join(p[len(root) + 1 :].split("/")[:2]) in automatic]
+    for path in files:
+        target = into / path[len(root) + 1 :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(path, str(target))
 
 
 def deliver_originals(orthanc: pacs.Orthanc, folders: list[Path]) -> None:
