@@ -201,7 +201,10 @@ def column_scales(slice_noise: Sequence[float | None] | None, n: int) -> np.ndar
         return None
     scale = np.ones(n)
     scale[valid] = np.clip(values[valid] / np.median(values[valid]), *SCALE_LIMITS)
-    return scale
+    # rounded as the local group stores them (6 decimals), so that every engine divides by the
+    # same numbers: the in-plane stage's 16-bit rounding would turn a last-digit difference into
+    # a visible one at a few pixels
+    return np.round(scale, 6)
 
 
 def denoise_rows(
