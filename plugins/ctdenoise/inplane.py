@@ -131,9 +131,20 @@ def guided(image: np.ndarray, noise: np.ndarray, smoothing: float) -> np.ndarray
     return _box(a, size) * x + _box(b, size)
 
 
-def filter_slice(image: np.ndarray, first_row: int, total_rows: int, strength: float, smoothing: float) -> np.ndarray:
+FILTER_REACH = NLM_DISTANCE + NLM_PATCH // 2 + 2 * GUIDED_RADIUS
+"""Rows of the image the filters read beyond a row they output (the noise map reads more)."""
+
+
+def filter_slice(image: np.ndarray, first_row: int, total_rows: int, strength: float, smoothing: float,
+                 keep: tuple[int, int] | None = None) -> np.ndarray:  # fmt: skip
     """The in-plane stage on one slice (or a band of it starting at ``first_row``): noise map,
-    non-local means, guided filter; ``smoothing`` 0 skips the guided filter."""
+    non-local means, guided filter (``smoothing`` 0 skips it); the rows ``keep`` of ``image``
+    (default all). The map needs the whole region, the filters only ``FILTER_REACH`` rows
+    around ``keep``: they run on those alone (a band's halo is mostly the map's)."""
+    lo, hi = keep or (0, image.shape[0])
     noise = noise_map(image, first_row, total_rows)
-    out = nlm(image, noise, strength)
-    return guided(out, noise, smoothing) if smoothing > 0 else out
+    a, b = max(0, lo - FILTER_REACH), min(image.shape[0], hi + FILTER_REACH)
+    part, noise = image[a:b], noise[a:b]
+    out = nlm(part, noise, strength)
+    out = guided(out, noise, smoothing) if smoothing > 0 else out
+    return out[lo - a : hi - a]

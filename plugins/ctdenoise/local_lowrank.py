@@ -337,16 +337,16 @@ def denoise_band(
     D, stats = denoise_rows(block, block_row_start, start, stop, rows, columns, params, column_scale, (row_start, row_stop))
     if params.inplane == Inplane.NONE:  # no halo: the tile pass covered the band exactly
         return D, stats
-    lo, hi = (row_start - start) * columns, (row_stop - start) * columns
     n_mult, _, n = D.shape
-    out = np.empty((n_mult, hi - lo, n), dtype=np.float32)
-    height = stop - start
+    keep = (row_start - start, row_stop - start)
+    out = np.empty((n_mult, n, (row_stop - row_start) * columns), dtype=np.float32)
     for i in range(n_mult):
+        slices = np.ascontiguousarray(D[i].T)  # one transposition, then each slice is contiguous
         for k in range(n):
-            image = np.ascontiguousarray(D[i, :, k]).reshape(height, columns)
-            filtered = filter_slice(image, start, rows, params.inplane_strength, params.inplane_smoothing)
-            out[i, :, k] = filtered.reshape(-1)[lo:hi]
-    return out, stats
+            image = slices[k].reshape(stop - start, columns)
+            filtered = filter_slice(image, start, rows, params.inplane_strength, params.inplane_smoothing, keep)
+            out[i, k] = filtered.reshape(-1)
+    return out.transpose(0, 2, 1), stats
 
 
 def denoised_bands(
