@@ -143,7 +143,9 @@ class SparkEngine:
         return self.sc.parallelize(list(groups), len(groups)).mapPartitionsWithIndex(task).collect()
 
     def band_groups(self, bands: int) -> int:
-        return 2 * self.sc.defaultParallelism
+        """One partition per task slot: each partition computes the in-plane halo's tiles at its
+        edges once, so more partitions than slots would only add halos."""
+        return self.sc.defaultParallelism
 
     def describe(self) -> dict[str, Any]:
         return {"spark_master": self.sc.master, "spark_version": self.sc.version, "default_parallelism": self.sc.defaultParallelism}

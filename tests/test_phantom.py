@@ -193,3 +193,28 @@ def test_publishes_to_s3(s3_bucket: str) -> None:
         names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/phantom/{prefix}"))
         assert names == ["IM0001.dcm", "IM0002.dcm", "_SUCCESS"]
     assert record["out"] == url
+
+
+def test_a_larger_body_scales_the_patient_not_the_lesions() -> None:
+    """body_scale grows the anatomy and the field of view together (same picture, larger
+    pixels), keeps the lesions' size, and at the default leaves every shape as it was."""
+    assert phantom.anatomy(-68.0, 1.0) == phantom.anatomy(-68.0)
+    default, large = phantom.anatomy(-68.0), phantom.anatomy(-68.0, 1.33)
+    assert large[0].a == pytest.approx(1.33 * default[0].a) and large[0].cx == 0.0
+    x, y, z, radius, delta = phantom._LESIONS[0]
+    lesion = [e for e in large if e.delta_hu == delta and e.a <= radius][0]
+    assert lesion.a == [e for e in default if e.delta_hu == delta and e.a <= radius][0].a
+    assert lesion.cx == pytest.approx(1.33 * phantom._LESIONS[0][0])
+    assert phantom.pixel_spacing_mm(64, 1.33) == pytest.approx(1.33 * phantom.pixel_spacing_mm(64))
+    with pytest.raises(ParameterError, match="--body-scale"):
+        phantom.write_phantom_series("unused", size=48, slices=2, body_scale=3.0)
+
+
+def test_a_larger_body_is_noisier_in_its_centre() -> None:
+    """Longer paths leave fewer photons: the centre of the large body is much noisier."""
+    def centre_noise(body_scale: float) -> float:
+        hu, _ = phantom.simulate_slice(-68.0, 64, 2e4, seed=1, index=0, body_scale=body_scale)
+        ref, _ = phantom.simulate_slice(-68.0, 64, float("inf"), seed=1, index=0, body_scale=body_scale)
+        return float(np.std((hu - ref)[26:38, 26:38]))
+
+    assert centre_noise(1.33) > 1.8 * centre_noise(1.0)

@@ -28,7 +28,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
     _emit(
         write_phantom_series(
-            args.out, size=args.size, slices=args.slices, photons=args.photons, seed=args.seed, truth=args.truth
+            args.out, size=args.size, slices=args.slices, photons=args.photons, seed=args.seed, truth=args.truth,
+            body_scale=args.body_scale,
         )
     )
     return 0
@@ -151,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photons", type=float, default=2e4, help="incident photons per ray (dose)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truth", help="also write the noise-free phantom series here")
+    p.add_argument("--body-scale", type=float, default=1.0,
+                   help="the patient's size (1: about 32 cm across; 1.33: a large body, about 43 cm, photon-starved centre)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("convert", help="DICOM series -> Zarr matrices (voxels x slices, HU)")

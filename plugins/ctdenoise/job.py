@@ -112,6 +112,9 @@ class Engine(Protocol):
         """What the stores record about the engine (``spark_master``, ...)."""
 
 
+LOCAL_GROUP_BANDS = 8
+
+
 class LocalEngine:
     """The engine of ``ctdenoise svd``/``local`` and of the tests: everything in this process."""
 
@@ -133,7 +136,10 @@ class LocalEngine:
         return [result for index, group in enumerate(groups) for result in task(index, [group])]
 
     def band_groups(self, bands: int) -> int:
-        return bands  # one band at a time: the least memory
+        """Groups of about ``LOCAL_GROUP_BANDS`` bands: each group computes the in-plane halo
+        once, and holds its rows of ``D`` in memory (bands of one at a time would recompute the
+        halo's tiles for every band)."""
+        return max(1, round(bands / LOCAL_GROUP_BANDS))
 
     def describe(self) -> dict[str, Any]:
         return {}
@@ -192,15 +198,13 @@ def run_global(job: DssvdJob, arr: Any, engine: Engine, timings: Any) -> dict[st
 
 
 def run_local(job: DssvdJob, arr: Any, engine: Engine, timings: Any) -> dict[str, Any]:
-    """The local mode: the driver measures the in-plane noise levels on a middle band, the engine
-    denoises contiguous groups of bands and writes them into the uncommitted local group, the
-    driver commits it (:func:`ctdenoise.local_group.publish_bands`)."""
+    """The local mode: the engine denoises contiguous groups of bands and writes them into the
+    uncommitted local group, the driver commits it (:func:`ctdenoise.local_group.publish_bands`).
+    The driver computes no pixels: every strength is measured where it is used, on the band."""
     from ctdenoise.local_group import BandPlan, publish_bands
 
     options = getattr(engine, "storage_options", None)
     plan = BandPlan.for_matrix(job.matrix, arr, job.local, options)
-    with timings.stage("inplane_sigma"):
-        plan = plan.with_inplane_sigma()
     groups = plan.partition(job.partitions or engine.band_groups(len(plan.bands)))
     attrs = {**plan.attrs(), "partitions": len(groups), "engine": engine.name, **engine.describe()}
 

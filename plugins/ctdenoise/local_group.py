@@ -1,7 +1,7 @@
 """The local mode's published group: which bands an engine denoises, and how the group is committed.
 
-:class:`BandPlan` is what the job's driver knows before any band is computed (geometry, the
-per-slice scales, the in-plane noise levels it measured on a middle band); :class:`BandTask` is
+:class:`BandPlan` is what the job's driver knows before any band is computed (geometry and the
+per-slice scales: the driver computes no pixels); :class:`BandTask` is
 what one partition does with its bands, wherever the engine runs it (this process or a Spark
 executor: it is pickled, and executors import it by name); :func:`publish_bands` creates the
 uncommitted group, lets the engine fill ``D`` and commits the group atomically. The numerics
@@ -10,7 +10,6 @@ are :mod:`ctdenoise.local_lowrank`; the group's format is :mod:`ctdenoise.matrix
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from ctdenoise.local_lowrank import (
     band_ranges,
     column_scales,
     denoised_bands,
-    inplane_sigmas,
     merge_stats,
     tile_starts,
 )
@@ -71,7 +69,6 @@ class BandTask:
     columns: int
     params: LocalParams
     column_scale: tuple[float, ...] | None
-    inplane_sigma: tuple[tuple[float, ...], ...] | None
     storage_options: Mapping[str, Any] | None = None
 
     def __call__(self, index: int, items: Iterable[Sequence[Band]]) -> Iterator[tuple[int, int, TileStats]]:
@@ -83,9 +80,8 @@ class BandTask:
         if any(a != b for (_, a), (b, _) in zip(bands, bands[1:])):
             raise ValueError(f"partition {index}: bands {bands} are not contiguous")
         scale = None if self.column_scale is None else np.asarray(self.column_scale, dtype=np.float64)
-        sigma = None if self.inplane_sigma is None else np.asarray(self.inplane_sigma, dtype=np.float64)
         span = [(bands[0][0], bands[-1][1])]
-        for a, b, D, stats in denoised_bands(self.read_rows, span, self.rows, self.columns, self.params, scale, sigma):
+        for a, b, D, stats in denoised_bands(self.read_rows, span, self.rows, self.columns, self.params, scale):
             write_local_band(self.out_url, a * self.columns, b * self.columns, D, self.storage_options)
             yield a, b, stats
 
@@ -104,7 +100,6 @@ class BandPlan:
     band_rows: int
     params: LocalParams
     column_scale: tuple[float, ...] | None
-    inplane_sigma: tuple[tuple[float, ...], ...] | None = None
     storage_options: Mapping[str, Any] | None = None
 
     @classmethod
@@ -129,14 +124,6 @@ class BandPlan:
     def bands(self) -> list[Band]:
         return band_ranges(self.rows, self.band_rows)
 
-    def with_inplane_sigma(self) -> BandPlan:
-        """This plan with the in-plane stage's noise levels, measured here on a middle band
-        (:func:`ctdenoise.local_lowrank.inplane_sigmas`) so every partition filters a slice alike."""
-        task = self.task("")
-        scale = None if self.column_scale is None else np.asarray(self.column_scale)
-        levels = inplane_sigmas(task.read_rows, self.rows, self.columns, self.params, scale)
-        return dataclasses.replace(self, inplane_sigma=None if levels is None else tuple(map(tuple, levels)))
-
     def partition(self, groups: int) -> list[list[Band]]:
         """The bands cut into at most ``groups`` contiguous, near-equal groups (one per partition)."""
         bands = self.bands
@@ -145,8 +132,8 @@ class BandPlan:
         return [bands[bounds[i] : bounds[i + 1]] for i in range(groups)]
 
     def task(self, work_url: str) -> BandTask:
-        return BandTask(self.matrix_url, work_url, self.rows, self.columns, self.params,
-                        self.column_scale, self.inplane_sigma, self.storage_options)  # fmt: skip
+        return BandTask(self.matrix_url, work_url, self.rows, self.columns, self.params, self.column_scale,
+                        self.storage_options)  # fmt: skip
 
     def attrs(self) -> dict[str, Any]:
         """The local group's attributes known before the bands are computed (docs/architecture.md)."""
@@ -162,7 +149,6 @@ class BandPlan:
             "matrix_url": self.matrix_url,
             "matrix_shape": list(self.shape),
             "column_scale": None if self.column_scale is None else list(self.column_scale),
-            "inplane_sigma": None if self.inplane_sigma is None else [list(x) for x in self.inplane_sigma],
             "created_by": f"ctdenoise {__version__}",
         }
 

@@ -33,26 +33,24 @@ Per tile (``p = tile**2`` rows, ``n`` columns, ``N = max(p, n)``, ``beta = min(p
    (``r`` the number of components kept), so that simple, confident tiles count more where
    tiles overlap (the aggregation weights of BM3D); the sum is divided by the summed weights.
 
-Then the in-plane stage (``inplane="nlm"``, the default): non-local means (scikit-image) on each
-slice of each multiplier's estimate. Why a second stage: the tiles use the redundancy *between*
-slices, and on 5 mm slices anatomy changes too much from one slice to the next for a tile to be
-low rank at its edges; an optimal tile threshold then either blurs those edges across slices or
-keeps their noise. Shrinking the tiles at half the optimal threshold (x0.5, the automatic
-multiplier with this stage) keeps every structure that changes along the series and removes
-most of the noise that does not; non-local means then removes what is left, telling edges from
-noise by patch similarity *within* the slice, which the tiles cannot. Its strength ``h`` is
-``inplane_strength`` times the noise of the estimate it filters (:func:`inplane_sigmas`,
-measured once per series). Measured on the quality benchmark (256 x 256 x 32, 2e4 photons):
-42.1 dB against 37.5 for the tiles alone at their optimum, 39.5 for hand-tuned total
-variation and 41.1 for hand-tuned non-local means on the input; it costs more than the tiles
-(one filter per slice and multiplier, ~26 ms per 256 x 256 slice).
+Then the in-plane stage (``inplane="nlm"``, the default; :mod:`ctdenoise.inplane`): on each
+slice of each multiplier's estimate, non-local means then a guided filter, both at the strength
+of the estimate's *local* noise (a noise map measured on the image it filters). Why a second
+stage: the tiles use the redundancy *between* slices, and on 5 mm slices anatomy changes too
+much from one slice to the next for a tile to be low rank at its edges; an optimal tile
+threshold then either blurs those edges across slices or keeps their noise. Shrinking the tiles
+at half the optimal threshold (x0.5, the automatic multiplier with this stage) keeps every
+structure that changes along the series and removes part of the noise that does not; the
+in-plane stage removes what is left, telling edges from noise within the slice, which the tiles
+cannot. Why local strength: CT noise follows what the rays crossed (a large body's centre is
+several times noisier than its periphery), so one strength per slice fits no region of it.
 
 Tiles start every ``stride`` pixels along rows and columns, and a last tile is added flush with
 the far edge so that every pixel is covered. Everything is deterministic: tiles are processed in
 a fixed order, so a result depends only on the inputs and the parameters (not on how rows are
 split over Spark partitions: each output row is computed by exactly one task, and the in-plane
-stage reads a halo of ``inplane_halo`` rows beyond its band, which makes a band's result that of
-the whole slice; measured equal to the whole slice's to 0 in a test).
+stage reads a halo of ``inplane_halo`` rows beyond its band (its filters' reach and its noise
+map's), which makes a band's result that of the whole slice; a test checks it).
 
 The matrix layout is that of the series matrix (``ctdenoise.matrix_store``): row
 ``r * columns + c`` is pixel ``(r, c)``, one column per slice. :func:`denoise_rows` is the tile
@@ -73,7 +71,7 @@ import numpy as np
 
 from ctdenoise.errors import ParameterError
 
-from ctdenoise.params import NLM_DISTANCE, NLM_PATCH, Inplane, LocalParams, Shrinkage, Weights
+from ctdenoise.params import Inplane, LocalParams, Shrinkage, Weights
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +201,10 @@ def column_scales(slice_noise: Sequence[float | None] | None, n: int) -> np.ndar
         return None
     scale = np.ones(n)
     scale[valid] = np.clip(values[valid] / np.median(values[valid]), *SCALE_LIMITS)
-    return scale
+    # rounded as the local group stores them (6 decimals), so that every engine divides by the
+    # same numbers: the in-plane stage's 16-bit rounding would turn a last-digit difference into
+    # a visible one at a few pixels
+    return np.round(scale, 6)
 
 
 def denoise_rows(
@@ -309,18 +310,6 @@ def band_input_rows(row_start: int, row_stop: int, rows: int, params: LocalParam
     return start, stop, first, last
 
 
-def nlm_slice(image: np.ndarray, sigma: float, params: LocalParams) -> np.ndarray:
-    """Non-local means (scikit-image, fast mode) of one slice of the tile estimate, in HU.
-
-    ``sigma`` is the estimate's own noise level (:func:`inplane_sigmas`): the patch distances
-    are reduced by ``2 sigma**2`` and weighted with ``h = inplane_strength * sigma``.
-    """
-    from skimage.restoration import denoise_nl_means
-
-    h = float(params.inplane_strength) * sigma
-    return denoise_nl_means(image, h=h, sigma=sigma, patch_size=NLM_PATCH, patch_distance=NLM_DISTANCE, fast_mode=True)
-
-
 def denoise_band(
     block: np.ndarray,
     block_row_start: int,
@@ -330,38 +319,34 @@ def denoise_band(
     columns: int,
     params: LocalParams,
     column_scale: np.ndarray | None = None,
-    inplane_sigma: np.ndarray | None = None,
 ) -> tuple[np.ndarray, TileStats]:
     """The local mode's result on image rows ``[row_start, row_stop)``: the tile pass
-    (:func:`denoise_rows`) over the band and its in-plane halo, then, with ``inplane="nlm"``,
-    non-local means on each slice of each multiplier's estimate, cropped to the band.
+    (:func:`denoise_rows`) over the band and its in-plane halo, then, with ``inplane="nlm"``, the
+    in-plane stage (:func:`ctdenoise.inplane.filter_slice`) on each slice of each multiplier's
+    estimate, cropped to the band.
 
-    ``block`` must cover :func:`band_input_rows`; ``inplane_sigma`` ``(n_mult, n)`` are the
-    estimate's noise levels per multiplier and slice (:func:`inplane_sigmas`; a level that is
-    not positive leaves that slice as the tiles gave it). The halo makes the result on the
-    band's rows exactly that of the whole slice, so it does not depend on how rows are split
-    into bands. Returns ``(D (n_mult, (row_stop - row_start) * columns, n) float32, stats)``.
+    ``block`` must cover :func:`band_input_rows`. The halo makes the result on the band's rows
+    exactly that of the whole slice (the filters and the noise map see the same pixels), so it
+    does not depend on how rows are split into bands. Returns
+    ``(D (n_mult, (row_stop - row_start) * columns, n) float32, stats)``.
     """
+    from ctdenoise.inplane import filter_slice
+
     start, stop, _, _ = band_input_rows(row_start, row_stop, rows, params)
     # tiles first seen in the halo belong to the neighbouring band
     D, stats = denoise_rows(block, block_row_start, start, stop, rows, columns, params, column_scale, (row_start, row_stop))
     if params.inplane == Inplane.NONE:  # no halo: the tile pass covered the band exactly
         return D, stats
-    lo, hi = (row_start - start) * columns, (row_stop - start) * columns
     n_mult, _, n = D.shape
-    if inplane_sigma is None or np.shape(inplane_sigma) != (n_mult, n):
-        raise ParameterError(f"in-plane stage: noise levels of shape {np.shape(inplane_sigma)}, need ({n_mult}, {n})")
-    out = np.empty((n_mult, hi - lo, n), dtype=np.float32)
-    height = stop - start
+    keep = (row_start - start, row_stop - start)
+    out = np.empty((n_mult, n, (row_stop - row_start) * columns), dtype=np.float32)
     for i in range(n_mult):
+        slices = np.ascontiguousarray(D[i].T)  # one transposition, then each slice is contiguous
         for k in range(n):
-            sigma = float(inplane_sigma[i][k])
-            if sigma > 0 and math.isfinite(sigma):
-                image = nlm_slice(D[i, :, k].astype(np.float64).reshape(height, columns), sigma, params)
-                out[i, :, k] = image.reshape(-1)[lo:hi]
-            else:
-                out[i, :, k] = D[i, lo:hi, k]
-    return out, stats
+            image = slices[k].reshape(stop - start, columns)
+            filtered = filter_slice(image, start, rows, params.inplane_strength, params.inplane_smoothing, keep)
+            out[i, k] = filtered.reshape(-1)
+    return out.transpose(0, 2, 1), stats
 
 
 def denoised_bands(
@@ -371,63 +356,15 @@ def denoised_bands(
     columns: int,
     params: LocalParams,
     column_scale: np.ndarray | None = None,
-    inplane_sigma: np.ndarray | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray, TileStats]]:
     """:func:`denoise_band` of each band in turn, reading the input rows it needs (its tiles and
-    halo, :func:`band_input_rows`) with ``read_rows(first, stop)`` (as for :func:`inplane_sigmas`):
-    ``(row_start, row_stop, D, stats)``. Each band's input is dropped before the next is read."""
+    halo, :func:`band_input_rows`) with ``read_rows(first, stop)`` (the series matrix rows of
+    image rows ``[first, stop)``): ``(row_start, row_stop, D, stats)``. Each band's input is
+    dropped before the next is read."""
     for start, stop in bands:
         _, _, first, last = band_input_rows(start, stop, rows, params)
-        D, stats = denoise_band(read_rows(first, last), first, start, stop, rows, columns, params, column_scale, inplane_sigma)
+        D, stats = denoise_band(read_rows(first, last), first, start, stop, rows, columns, params, column_scale)
         yield start, stop, D, stats
-
-
-SIGMA_SAMPLE_ROWS = 48
-
-
-def sigma_sample_rows(rows: int) -> tuple[int, int]:
-    """The image rows whose tile estimate gives the in-plane stage its noise levels: a band of
-    ``SIGMA_SAMPLE_ROWS`` rows through the middle of the image (the whole image when smaller)."""
-    start = max(0, rows // 2 - SIGMA_SAMPLE_ROWS // 2)
-    return start, min(rows, start + SIGMA_SAMPLE_ROWS)
-
-
-def inplane_sigmas(
-    read_rows: Any, rows: int, columns: int, params: LocalParams, column_scale: np.ndarray | None = None
-) -> list[list[float]] | None:
-    """Noise levels (HU) of the tile estimate, per multiplier and slice: what sets the strength
-    of the in-plane stage (None without it).
-
-    Why measured, not derived: the tiles remove a share of the noise that depends on the series
-    (about 0.3 of it at x0.5 on 5 mm slices, 0.25 on thin ones), and non-local means needs the
-    noise of the image it filters. The levels must be the same for every band (a band-wise
-    level would make the result depend on the split and could show seams), so they are measured
-    once, before the distributed pass, on the tile estimate of a band through the middle of the
-    image (:func:`sigma_sample_rows`): :func:`ctdenoise.metrics.noise_std_hu` per slice, or
-    scikit-image's wavelet ``estimate_sigma`` where the band has too little soft tissue.
-    ``read_rows(first, stop)`` returns the series matrix rows of image rows ``[first, stop)``.
-    """
-    if params.inplane == Inplane.NONE:
-        return None
-    from skimage.restoration import estimate_sigma
-
-    from ctdenoise.metrics import noise_std_hu
-
-    start, stop = sigma_sample_rows(rows)
-    _, first, last = rows_needed(start, stop, rows, params.tile, params.stride)
-    D, _ = denoise_rows(np.asarray(read_rows(first, last)), first, start, stop, rows, columns, params, column_scale)
-    height, n = stop - start, D.shape[2]
-    out = []
-    for i in range(D.shape[0]):
-        levels = []
-        for k in range(n):
-            image = D[i, :, k].astype(np.float64).reshape(height, columns)
-            level = noise_std_hu(image) if min(image.shape) >= 8 else math.nan
-            if not math.isfinite(level):
-                level = float(estimate_sigma(image, channel_axis=None))
-            levels.append(round(level, 4) if math.isfinite(level) else 0.0)
-        out.append(levels)
-    return out
 
 
 def _disjoint_classes(starts: Sequence[int], tile: int) -> list[tuple[list[int], int]]:
@@ -462,10 +399,12 @@ def denoise_matrix(
     rows: int,
     columns: int,
     params: LocalParams,
-    band_rows: int = 32,
+    band_rows: int | None = None,
     slice_noise: Sequence[float | None] | None = None,
 ) -> tuple[np.ndarray, TileStats]:
-    """The whole series matrix, band by band in one process: ``(D (n_mult, m, n) float32, stats)``.
+    """The whole series matrix in one process: ``(D (n_mult, m, n) float32, stats)``, in bands of
+    ``band_rows`` image rows (default: one band, so that no in-plane halo is computed twice; the
+    result is the same for any split).
 
     ``slice_noise``: the per-slice noise levels of :func:`ctdenoise.metrics.slice_noise_level`
     (what conversion records as the matrix attribute ``slice_noise_hu``), or None: no per-slice
@@ -477,11 +416,9 @@ def denoise_matrix(
     def read_rows(first: int, stop: int) -> np.ndarray:
         return A[first * columns : stop * columns]
 
-    sigma = inplane_sigmas(read_rows, rows, columns, params, scale)
-    sigma = None if sigma is None else np.asarray(sigma)
     out = np.empty((len(params.multipliers), A.shape[0], A.shape[1]), dtype=np.float32)
     parts = []
-    for start, stop, D, band_stats in denoised_bands(read_rows, band_ranges(rows, band_rows), rows, columns, params, scale, sigma):
+    for start, stop, D, band_stats in denoised_bands(read_rows, band_ranges(rows, band_rows or rows), rows, columns, params, scale):
         out[:, start * columns : stop * columns] = D
         parts.append(band_stats)
     return out, merge_stats(parts)

@@ -84,14 +84,18 @@ class UnevenSpacing(StrEnum):
 MAX_RANK = 4096  # a CT series has at most a few thousand slices: rank <= slices
 MAX_RULE_VALUES = 32
 
-ALGORITHM = "exact-tile-spectra+slice-noise+nlm/3"
+ALGORITHM = "exact-tile-spectra+slice-noise+local-noise-nlm-guided/4"
 """The local mode's algorithm version, recorded in every local group, part of the derived series
 UIDs and of the params hash: the same parameters through a changed algorithm give other pixels,
 so they must neither reuse a series UID nor let a re-run skip a series the old one published."""
 
-# The in-plane stage's non-local means (scikit-image): patch size and search distance in pixels.
+# The in-plane stage (ctdenoise.inplane), in pixels: non-local means' patch size and search
+# distance, the guided filter's radius, and the noise map's blocks and variance window.
 NLM_PATCH = 5
 NLM_DISTANCE = 4
+GUIDED_RADIUS = 2
+NOISE_BLOCK = 32
+NOISE_WINDOW = 3
 
 
 def _unique(values: Iterable[Any]) -> tuple[Any, ...]:
@@ -242,14 +246,23 @@ class LocalParams(ParamModel):
     inplane: Inplane = Field(
         Inplane.NLM,
         title="Local mode: in-plane stage",
-        description="nlm: non-local means on each slice of the tile estimate (automatic strength); none: the tiles alone.",
+        description="nlm: on each slice of the tile estimate, non-local means then a guided filter, both at the "
+        "strength of the local noise; none: the tiles alone.",
     )
     inplane_strength: float = Field(
-        1.2,
+        1.5,
         gt=0,
         le=10,
         title="Local mode: in-plane strength",
-        description="Strength h of the non-local means, in units of the noise measured on the tile estimate.",
+        description="Strength h of the non-local means, in units of the local noise of the tile estimate (its noise map).",
+    )
+    inplane_smoothing: float = Field(
+        0.6,
+        ge=0,
+        le=10,
+        title="Local mode: in-plane smoothing",
+        description="Regularization of the guided filter after the non-local means, in units of the local noise: it "
+        "averages flat tissue whose variance is below about this many noise levels squared (0: no guided filter).",
     )
 
     @field_validator("multipliers")
@@ -271,10 +284,13 @@ class LocalParams(ParamModel):
 
     @property
     def inplane_halo(self) -> int:
-        """Image rows the in-plane stage reads beyond a band on each side (0 without it): its
-        output at a pixel depends on the pixels within ``NLM_DISTANCE + NLM_PATCH // 2``, so a
-        band denoised with this many extra rows equals the whole slice's result on its rows."""
-        return NLM_DISTANCE + NLM_PATCH // 2 if self.inplane == Inplane.NLM else 0
+        """Image rows the in-plane stage reads beyond a band on each side (0 without it), so that a
+        band denoised with them equals the whole slice's result on its rows: the filters' reach
+        (non-local means' search and patch, the guided filter's two box passes) and the noise
+        map's (the two blocks a row interpolates between, and each block's variance window)."""
+        if self.inplane == Inplane.NONE:
+            return 0
+        return NLM_DISTANCE + NLM_PATCH // 2 + 2 * GUIDED_RADIUS + 2 * NOISE_BLOCK + NOISE_WINDOW // 2
 
     def key(self) -> str:
         """Name of this setting in the work layout: ``t<tile>-s<stride>-<shrinkage>-m<...>[-<inplane>]``
@@ -284,7 +300,8 @@ class LocalParams(ParamModel):
         suffix = "" if self.inplane == Inplane.NONE else f"-{self.inplane.value}"
         extra = "".join(
             f"-{name}{value}" for name, value, default in
-            (("w", self.weights.value, Weights.INVERSE_RANK.value), ("h", f"{self.inplane_strength:g}", "1.2"))
+            (("w", self.weights.value, Weights.INVERSE_RANK.value), ("h", f"{self.inplane_strength:g}", "1.5"),
+             ("g", f"{self.inplane_smoothing:g}", "0.6"))
             if value != default
         )  # fmt: skip
         return f"t{self.tile}-s{self.stride}-{self.shrinkage.value}-m{mults}{suffix}{extra}"

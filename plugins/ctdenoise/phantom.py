@@ -38,6 +38,13 @@ Slices are stored as 12-bit unsigned values with RescaleIntercept -1024 (a commo
 noise below -1024 HU in air is clipped, as scanners do. Everything is deterministic: the same
 parameters give byte-identical files (UIDs derived from the seed and the parameters, fixed
 dates); the truth series does not depend on the dose, so all doses of one seed share it.
+
+``body_scale`` sizes the patient: every structure's position and size in the slice plane is
+multiplied by it, and the field of view with it (``FOV_MM * body_scale``), except the
+low-contrast lesions and the lung nodule, which keep their size (they move with their organ):
+at 1.33 the body is about 43 cm across, its centre photon-starved at low dose (long paths
+through soft tissue leave a few counts per ray: streaks through the centre), and the lesions
+stay small. The default 1 is the phantom as it always was (same bytes for the same arguments).
 """
 
 from __future__ import annotations
@@ -117,8 +124,9 @@ _LESIONS = (
 _NODULE = (75.0, 35.0, 35.0, 4.0)  # solid lung nodule (x, y, z, radius), left lung
 
 
-def anatomy(z: float) -> list[Ellipse]:
-    """The structures of the slice at ``z`` mm (z grows towards the head: -80 liver, +80 apex)."""
+def anatomy(z: float, body_scale: float = 1.0) -> list[Ellipse]:
+    """The structures of the slice at ``z`` mm (z grows towards the head: -80 liver, +80 apex),
+    in a patient ``body_scale`` times the default size (lesions and nodule keep their size)."""
     s = (z - Z_MIN_MM) / Z_EXTENT_MM  # 0 at the bottom of the series, 1 at the top
     outer_a, outer_b = 150.0 + 12.0 * s, 105.0 + 8.0 * s
     inner_a, inner_b = outer_a - 12.0, outer_b - 12.0
@@ -167,12 +175,15 @@ def anatomy(z: float) -> list[Ellipse]:
             shapes.append(Ellipse(x, y, 6.0, 4.0, tangent, RIB - SOFT))
     if z > -20.0:
         shapes.append(Ellipse(0.0, -0.9 * inner_b, 14.0, 6.0, 0.0, STERNUM - SOFT))
+    if body_scale != 1.0:
+        k = body_scale
+        shapes = [Ellipse(e.cx * k, e.cy * k, e.a * k, e.b * k, e.phi, e.delta_hu) for e in shapes]
     for x, y, cz, r, delta in _LESIONS:
-        lesion = _section(x, y, cz, r, r, r, z, delta)
+        lesion = _section(x * body_scale, y * body_scale, cz, r, r, r, z, delta)
         if lesion is not None:
             shapes.append(lesion)
     x, y, cz, r = _NODULE
-    nodule = _section(x, y, cz, r, r, r, z, NODULE - LUNG)
+    nodule = _section(x * body_scale, y * body_scale, cz, r, r, r, z, NODULE - LUNG)
     if nodule is not None:
         shapes.append(nodule)
     return shapes
@@ -193,17 +204,18 @@ def n_views(size: int) -> int:
     return int(min(MAX_VIEWS, max(90, size)))
 
 
-def pixel_spacing_mm(size: int) -> float:
-    return FOV_MM / size
+def pixel_spacing_mm(size: int, body_scale: float = 1.0) -> float:
+    """Pixel spacing (mm) of a ``size`` x ``size`` slice: the field of view grows with the body."""
+    return FOV_MM * body_scale / size
 
 
-def rasterize(shapes: list[Ellipse], size: int, subsamples: int = TRUTH_SUBSAMPLES) -> np.ndarray:
+def rasterize(shapes: list[Ellipse], size: int, subsamples: int = TRUTH_SUBSAMPLES, body_scale: float = 1.0) -> np.ndarray:
     """The noise-free slice in HU (float32): area-weighted tissue values per pixel.
 
     Pixel (r, c) is centred at x = (c - size//2) * spacing, y = (r - size//2) * spacing, the
-    rotation centre of skimage's radon/iradon.
+    rotation centre of skimage's radon/iradon; the spacing is :func:`pixel_spacing_mm`.
     """
-    ps = pixel_spacing_mm(size)
+    ps = pixel_spacing_mm(size, body_scale)
     centre = size // 2
     image = np.full((size, size), AIR, dtype=np.float64)
     offsets = ((np.arange(subsamples) + 0.5) / subsamples - 0.5) * ps
@@ -228,14 +240,15 @@ def rasterize(shapes: list[Ellipse], size: int, subsamples: int = TRUTH_SUBSAMPL
     return image.astype(np.float32)
 
 
-def project(shapes: list[Ellipse], size: int, theta_deg: np.ndarray) -> np.ndarray:
+def project(shapes: list[Ellipse], size: int, theta_deg: np.ndarray, body_scale: float = 1.0) -> np.ndarray:
     """Line integrals of mu (dimensionless, sum of mu[1/cm] * length[cm]) per detector bin.
 
     Shape ``(size, len(theta))`` like ``skimage.transform.radon(..., circle=True)``: detector bin
     i is at t = i - size//2 pixels, t = x cos(theta) - y sin(theta) in pixel units. Each value
-    is the exact chord integral averaged over the bin's width (one pixel).
+    is the exact chord integral averaged over the bin's width (one pixel of
+    :func:`pixel_spacing_mm`).
     """
-    ps = pixel_spacing_mm(size)
+    ps = pixel_spacing_mm(size, body_scale)
     theta = np.deg2rad(np.asarray(theta_deg, dtype=np.float64))[None, :]
     views = np.arange(theta.shape[1])[None, :]
     sino = np.zeros((size, theta.shape[1]), dtype=np.float64)
@@ -265,31 +278,33 @@ def project(shapes: list[Ellipse], size: int, theta_deg: np.ndarray) -> np.ndarr
 
 
 def simulate_slice(
-    z: float, size: int, photons: float, seed: int, index: int, truth: bool = False, views: int | None = None
+    z: float, size: int, photons: float, seed: int, index: int, truth: bool = False, views: int | None = None,
+    body_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The low-dose FBP slice at ``z`` in HU (float32), and the noise-free phantom if asked.
 
     ``views`` projection angles over 180 degrees (default :func:`n_views`); ``index`` selects
     the slice's random stream. ``photons=math.inf`` gives the noise-free FBP (the full-dose
     reference of the quality benchmark: same views and filter, no Poisson noise).
+    ``body_scale``: the patient's size (module docstring).
     """
     from skimage.transform import iradon
 
-    shapes = anatomy(z)
+    shapes = anatomy(z, body_scale)
     theta = np.linspace(0.0, 180.0, views or n_views(size), endpoint=False)
-    line_integrals = project(shapes, size, theta)
+    line_integrals = project(shapes, size, theta, body_scale)
     if math.isinf(photons):  # the full-dose reference: FBP of noise-free projections
         noisy = line_integrals
     else:
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
         counts = rng.poisson(photons * np.exp(-line_integrals))
         noisy = -np.log(np.maximum(counts, 1) / photons)
-    mu_cm = iradon(noisy, theta=theta, circle=True, filter_name="ramp") / (pixel_spacing_mm(size) / 10.0)
+    mu_cm = iradon(noisy, theta=theta, circle=True, filter_name="ramp") / (pixel_spacing_mm(size, body_scale) / 10.0)
     hu = (1000.0 * (mu_cm / MU_WATER - 1.0)).astype(np.float32)
-    return hu, (rasterize(shapes, size) if truth else None)
+    return hu, (rasterize(shapes, size, body_scale=body_scale) if truth else None)
 
 
-def _simulate_packed(args: tuple[float, int, float, int, int, bool, int | None]) -> tuple[np.ndarray, np.ndarray | None]:
+def _simulate_packed(args: tuple[float, int, float, int, int, bool, int | None, float]) -> tuple[np.ndarray, np.ndarray | None]:
     return simulate_slice(*args)
 
 
@@ -301,6 +316,7 @@ def simulate_volume(
     truth: bool = False,
     workers: int | None = None,
     views: int | None = None,
+    body_scale: float = 1.0,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """``(index, low-dose HU, truth HU or None)`` per slice, in slice order.
 
@@ -308,7 +324,7 @@ def simulate_volume(
     the start-up of the workers (about a second each); the random stream of each slice
     depends only on ``seed`` and the slice index, never on the worker.
     """
-    jobs = [(float(z), size, float(photons), seed, i, truth, views) for i, z in enumerate(slice_positions(slices))]
+    jobs = [(float(z), size, float(photons), seed, i, truth, views, float(body_scale)) for i, z in enumerate(slice_positions(slices))]
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = min(workers, slices)
@@ -323,7 +339,10 @@ def simulate_volume(
             yield i, hu, true_hu
 
 
-def _validate(size: int, slices: int, photons: float, seed: int, views: int) -> None:
+BODY_SCALE_LIMITS = (0.5, 2.0)
+
+
+def _validate(size: int, slices: int, photons: float, seed: int, views: int, body_scale: float = 1.0) -> None:
     if not 32 <= size <= 2048:
         raise ParameterError(f"phantom --size must be between 32 and 2048 pixels, got {size}")
     if not 1 <= slices <= 2000:
@@ -334,6 +353,9 @@ def _validate(size: int, slices: int, photons: float, seed: int, views: int) -> 
         raise ParameterError(f"phantom --seed must be >= 0, got {seed}")
     if not 8 <= views <= 4096:
         raise ParameterError(f"phantom views must be between 8 and 4096 angles, got {views}")
+    if not BODY_SCALE_LIMITS[0] <= body_scale <= BODY_SCALE_LIMITS[1]:
+        low, high = BODY_SCALE_LIMITS
+        raise ParameterError(f"phantom --body-scale must be between {low:g} and {high:g}, got {body_scale}")
 
 
 @dataclass(frozen=True)
@@ -346,12 +368,14 @@ class PhantomUIDs:
     truth_series: str
 
     @classmethod
-    def derive(cls, size: int, slices: int, photons: float, seed: int, views: int) -> "PhantomUIDs":
+    def derive(cls, size: int, slices: int, photons: float, seed: int, views: int, body_scale: float = 1.0) -> "PhantomUIDs":
         from ctdenoise.uids import derive_uid
 
         # The study is the simulated "patient": it depends on the anatomy and its sampling, not
         # on the dose, so series of several doses (and the truth) of one seed share the study.
-        anatomy_key = ("ctdenoise-phantom", f"seed={seed}", f"size={size}", f"slices={slices}")
+        # The default body adds nothing to the key: its UIDs are those it always had.
+        body = () if body_scale == 1.0 else (f"body_scale={body_scale!r}",)
+        anatomy_key = ("ctdenoise-phantom", f"seed={seed}", f"size={size}", f"slices={slices}", *body)
         return cls(
             study=derive_uid(*anatomy_key, "study"),
             frame_of_reference=derive_uid(*anatomy_key, "frame-of-reference"),
@@ -360,7 +384,7 @@ class PhantomUIDs:
         )
 
 
-def _template(uids: PhantomUIDs, seed: int, series_uid: str, number: int, description: str, comments: str):
+def _template(uids: PhantomUIDs, seed: int, series_uid: str, number: int, description: str, comments: str, fov_mm: float = FOV_MM):
     """The patient/study/series/equipment attributes shared by every slice of one series."""
     from pydicom.dataset import Dataset
 
@@ -398,7 +422,7 @@ def _template(uids: PhantomUIDs, seed: int, series_uid: str, number: int, descri
     ds.AcquisitionTime = STUDY_TIME
     ds.KVP = "120"
     ds.ConvolutionKernel = "RAMP"
-    ds.ReconstructionDiameter = f"{FOV_MM:g}"
+    ds.ReconstructionDiameter = f"{fov_mm:g}"
     ds.WindowCenter = "40"
     ds.WindowWidth = "400"
     ds.ImageComments = comments[:10240]
@@ -409,13 +433,14 @@ def _template(uids: PhantomUIDs, seed: int, series_uid: str, number: int, descri
 class _SeriesWriter:
     """Writes the slices of one series into a staging folder as IM0001.dcm, IM0002.dcm..."""
 
-    def __init__(self, folder: Path, template: Any, size: int, slices: int, series_uid: str):
+    def __init__(self, folder: Path, template: Any, size: int, slices: int, series_uid: str, body_scale: float = 1.0):
         from ctdenoise.dicom_out import PixelFormat
 
         self.folder = folder
         self.template = template
         self.size = size
         self.series_uid = series_uid
+        self.body_scale = body_scale
         self.positions = slice_positions(slices)
         self.thickness = Z_EXTENT_MM / slices
         self.fmt = PixelFormat(rescale_slope=1.0, rescale_intercept=-1024.0, bits_allocated=16, bits_stored=12, pixel_representation=0)
@@ -426,7 +451,7 @@ class _SeriesWriter:
         from ctdenoise.geometry import SliceGeometry
         from ctdenoise.uids import derive_uid
 
-        ps = pixel_spacing_mm(self.size)
+        ps = pixel_spacing_mm(self.size, self.body_scale)
         corner = -(self.size // 2) * ps  # centre of pixel (0, 0): the isocentre is pixel size//2
         z = float(self.positions[index])
         geometry = SliceGeometry(
@@ -454,6 +479,7 @@ def write_phantom_series(
     workers: int | None = None,
     views: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    body_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Simulate the low-dose series and write it to ``out`` (folder or fsspec URL).
 
@@ -463,33 +489,35 @@ def write_phantom_series(
 
     ``views`` (default :func:`n_views`) trades time for view-aliasing streaks: FBP time grows
     linearly with it (about 1 s per 512x512 slice at 360 views). ``workers`` caps the process
-    pool (default: all cores).
+    pool (default: all cores). ``body_scale`` sizes the patient (module docstring).
     """
     views = n_views(size) if views is None else views
-    _validate(size, slices, photons, seed, views)
+    _validate(size, slices, photons, seed, views, body_scale)
     started = time.perf_counter()
-    uids = PhantomUIDs.derive(size, slices, photons, seed, views)
+    uids = PhantomUIDs.derive(size, slices, photons, seed, views, body_scale)
+    fov = FOV_MM * body_scale
     # The truth does not depend on the dose: its files must not either (same bytes for all doses).
-    anatomy_settings = f"seed={seed} size={size} slices={slices} fov={FOV_MM:g}mm"
+    body = "" if body_scale == 1.0 else f" body_scale={body_scale:g}"
+    anatomy_settings = f"seed={seed} size={size} slices={slices} fov={fov:g}mm{body}"
     settings = f"photons/ray={photons:g} views={views} {anatomy_settings}"
     low_template = _template(
-        uids, seed, uids.series, 2, f"ctdenoise phantom low dose {photons:g} photons", f"Simulated low-dose FBP; {settings}"
+        uids, seed, uids.series, 2, f"ctdenoise phantom low dose {photons:g} photons", f"Simulated low-dose FBP; {settings}", fov
     )
     truth_template = _template(
-        uids, seed, uids.truth_series, 1, "ctdenoise phantom ground truth", f"Noise-free phantom (ground truth); {anatomy_settings}"
+        uids, seed, uids.truth_series, 1, "ctdenoise phantom ground truth", f"Noise-free phantom (ground truth); {anatomy_settings}", fov
     )
     truth_template.ConvolutionKernel = "NONE"
 
     with storage.staging_dir("ctdenoise-phantom-") as staged:
         low_dir, truth_dir = Path(staged) / "low", Path(staged) / "truth"
         low_dir.mkdir()
-        low = _SeriesWriter(low_dir, low_template, size, slices, uids.series)
+        low = _SeriesWriter(low_dir, low_template, size, slices, uids.series, body_scale)
         true = None
         if truth:
             truth_dir.mkdir()
-            true = _SeriesWriter(truth_dir, truth_template, size, slices, uids.truth_series)
+            true = _SeriesWriter(truth_dir, truth_template, size, slices, uids.truth_series, body_scale)
         for index, hu, true_hu in simulate_volume(
-            size, slices, photons, seed, truth=bool(truth), workers=workers, views=views
+            size, slices, photons, seed, truth=bool(truth), workers=workers, views=views, body_scale=body_scale
         ):
             low.write(index, hu)
             if true is not None and true_hu is not None:
@@ -509,6 +537,7 @@ def write_phantom_series(
         "photons": photons,
         "seed": seed,
         "views": views,
+        "body_scale": body_scale,
         "seconds": round(time.perf_counter() - started, 3),
     }
     if truth:
