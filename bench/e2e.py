@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -145,7 +146,8 @@ def stage_spans(tis: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def run_pipeline(workdir: Path, series_dir: Path, conf: dict[str, Any]) -> dict[str, Any]:
     """The DAG on one uploaded series under airflow standalone; the task instances and times."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(workdir, ignore_errors=True)  # a fresh Airflow database: the run's logical date is fixed
+    workdir.mkdir(parents=True)
     with devenv.moto_server() as endpoint:
         devenv.create_bucket(endpoint, BUCKET)
         home = workdir / "airflow-home"
@@ -195,14 +197,16 @@ def compute_stages(workdir: Path, series_dir: Path, conf: dict[str, Any]) -> dic
     from ctdenoise.plan import plan
     from ctdenoise.records import Converted, Series, parse_outcome
 
+    import pydicom
+
     root = workdir / "in-process"
-    series = Series(folder=FOLDER, ds=DATE, source_url=str(series_dir), files=0, series_instance_uid="",
+    uid = str(pydicom.dcmread(next(iter(sorted(series_dir.glob("*.dcm")))), stop_before_pixels=True).SeriesInstanceUID)
+    series = Series(folder=FOLDER, ds=DATE, source_url=str(series_dir), files=0, series_instance_uid=uid,
                     work_url=str(root / "work"), denoised_url=str(root / "denoised"), params=RunParams.from_conf(conf))  # fmt: skip
     stage = [sys.executable, str(REPO / "bench" / "stages.py")]
     result: dict[str, Any] = {}
     converted_out, peak, wall = run_child([*stage, "convert", json.dumps({"src": str(series_dir), "dst": series.matrix_dir})])
     written = [parse_outcome(o) for o in converted_out["outcomes"] if o["status"] == "written"][0]
-    series = series.model_copy(update={"series_instance_uid": written.series_instance_uid})
     result["convert"] = {"seconds": converted_out["times"]["total"], "peak_mb": peak, "parts": converted_out["times"]}
     converted = Converted.from_outcomes(series, [written])
     job_out, peak, _ = run_child([*stage, "job", json.dumps(DssvdJob.for_series(converted).arguments())])
@@ -270,6 +274,7 @@ def main() -> int:
     print(f"# bench/e2e.py, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {load_before()}")
     print(f"# series {args.size}x{args.size}x{args.slices}, run parameters {json.dumps(args.conf) or 'defaults'}")
     pipeline = run_pipeline(args.workdir / "run", series_dir, args.conf)
+    (args.workdir / "pipeline.json").write_text(json.dumps({k: v for k, v in pipeline.items()}, default=str, indent=1))
     compute = compute_stages(args.workdir / "run", series_dir, args.conf)
     report_latency(pipeline, compute)
     (args.workdir / "result.json").write_text(json.dumps({"pipeline": {k: v for k, v in pipeline.items() if k != "uploaded"},
