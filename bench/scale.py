@@ -1,18 +1,21 @@
 """Benchmark: throughput of the decomposition job as Spark gets more executors (not a test).
 
-    .venv/bin/python bench/scale.py [--series 8] [--size 512] [--slices 64] [--modes global,local]
+    .venv/bin/python bench/scale.py [--series 8] [--size 512] [--slices 128] [--modes global,local] [--batch 8]
 
 On a Spark standalone cluster on this machine (``scripts/spark-standalone.sh``) with one and then
-two workers of one core each, it submits ``spark/dssvd.py`` for each of ``--series`` series
-matrices of a partition, one job after the other (as the DAG's ``ct_denoise_spark`` pool of one
-slot runs them), for each mode, and prints per mode and cluster size: the wall time, what the jobs
-measured of themselves (JVM and session start, Python workers' start, compute), the throughput
-in series per hour and the speed-up from one worker to two (goal: >= 1.7x).
+two workers of one core each, it decomposes ``--series`` series matrices of a partition with
+``spark/dssvd.py``, ``--batch`` series per Spark application (``CT_DENOISE_SPARK_BATCH_SERIES``:
+the jobs of a batch run one after the other in one session; 1 is a spark-submit per series, as
+the DAG does by default), one application after the other (as the DAG's ``ct_denoise_spark``
+pool of one slot runs them), for each mode, and prints per mode and cluster size: the wall time,
+what the jobs measured of themselves (session start, Python workers' start, compute), the
+throughput in series per hour and the speed-up from one worker to two (goal: >= 1.7x).
 
 From the two sizes it separates, per series, the part that does not shrink with executors
-(``serial``: JVM and driver start, the driver's own work, submission) from the part that does
-(``parallel``), t(E) = serial + parallel / E, and projects a 100-series day on 4, 16 and 64
-executors under the assumptions it prints. The numbers depend on what else runs on the machine.
+(``serial``: JVM and session start shared by a batch, the driver's own work, submission) from
+the part that does (``parallel``), t(E) = serial + parallel / E, and projects a 100-series day on
+4, 16 and 64 executors under the assumptions it prints. The numbers depend on what else runs on
+the machine.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def cluster(action: str, workers: int, workdir: Path) -> None:
                    stdout=subprocess.DEVNULL)  # fmt: skip
 
 
-def submit(job_args: list[str], workers: int) -> tuple[dict[str, Any], float]:
+def submit(job_args: list[str], workers: int) -> tuple[list[dict[str, Any]], float]:
+    """One Spark application; the records of its jobs (one JSON line each) and its wall time."""
     submit_bin = Path(sys.executable).parent / "spark-submit"
     env = {**os.environ, "JAVA_HOME": os.environ.get("JAVA_HOME", "/usr/lib/jvm/java-17-openjdk-amd64"),
            "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}  # fmt: skip
@@ -68,11 +72,13 @@ def submit(job_args: list[str], workers: int) -> tuple[dict[str, Any], float]:
            "--executor-cores", "1", "--executor-memory", "2g", "--driver-memory", "1g",
            "--conf", "spark.ui.enabled=false", str(REPO / "spark" / "dssvd.py"), *job_args]  # fmt: skip
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=7200)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"dssvd failed ({done.returncode}): {done.stdout[-1500:]} {done.stderr[-1500:]}")
-    return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1]), wall
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    records = [line["record"] if "status" in line else line for line in lines]  # a batch prints a line per job
+    return records, wall
 
 
 def job_arguments(url: str, mode: str, workdir: Path, tag: str) -> list[str]:
@@ -84,23 +90,30 @@ def job_arguments(url: str, mode: str, workdir: Path, tag: str) -> list[str]:
     return job.arguments()
 
 
-def run_partition(urls: list[str], mode: str, workers: int, workdir: Path) -> dict[str, Any]:
+def run_partition(urls: list[str], mode: str, workers: int, batch: int, workdir: Path) -> dict[str, Any]:
+    from ctdenoise.job import BATCH_SEPARATOR
+
     t0 = time.perf_counter()
     jobs = []
-    for url in urls:
-        record, wall = submit(job_arguments(url, mode, workdir, f"{mode}-{workers}w"), workers)
-        timings = record["timings"]
-        jobs.append({"wall": wall, **{k: timings.get(k, 0.0) for k in ("session_start", "workers_start", "compute_total")}})
+    for start in range(0, len(urls), batch):
+        args: list[str] = []
+        for url in urls[start : start + batch]:
+            args += ([BATCH_SEPARATOR] if args else []) + job_arguments(url, mode, workdir, f"{mode}-{workers}w")
+        records, wall = submit(args, workers)
+        for record in records:
+            timings = record["timings"]
+            jobs.append({"wall": wall / len(records), **{k: timings.get(k, 0.0) for k in ("session_start", "workers_start", "compute_total")}})
     total = time.perf_counter() - t0
-    return {"mode": mode, "workers": workers, "total": total, "per_hour": 3600 * len(urls) / total, "jobs": jobs}
+    return {"mode": mode, "workers": workers, "batch": batch, "total": total, "per_hour": 3600 * len(urls) / total, "jobs": jobs}
 
 
 def print_results(results: list[dict[str, Any]], series: int) -> None:
-    print("\n| mode | workers (1 core each) | partition of %d series (s) | per series: wall / session / workers / compute (s) | series per hour |" % series)
-    print("|---|---|---|---|---|")
+    print("\n| mode | workers (1 core each) | series per application | partition of %d series (s) "
+          "| per series: wall / session / workers / compute (s) | series per hour |" % series)  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for r in results:
         mean = {k: float(np.mean([j[k] for j in r["jobs"]])) for k in ("wall", "session_start", "workers_start", "compute_total")}
-        print(f"| {r['mode']} | {r['workers']} | {r['total']:.1f} | {mean['wall']:.1f} / {mean['session_start']:.1f} / "
+        print(f"| {r['mode']} | {r['workers']} | {r['batch']} | {r['total']:.1f} | {mean['wall']:.1f} / {mean['session_start']:.1f} / "
               f"{mean['workers_start']:.1f} / {mean['compute_total']:.1f} | {r['per_hour']:.0f} |")  # fmt: skip
     print()
     for mode in sorted({r["mode"] for r in results}):
@@ -115,7 +128,7 @@ def project(mode: str, t1: float, t2: float) -> None:
     parallel = max(0.0, 2 * (t1 - t2))
     serial = max(0.0, t1 - parallel)
     print(f"  per series: serial {serial:.1f} s (JVM, session, driver work), parallel {parallel:.1f} s at one executor")
-    print("  assumptions: the serial part stays per job (one driver each); the parallel part divides evenly over")
+    print("  assumptions: the serial part stays per series (a batch's session start shared by its series); the parallel part divides evenly over")
     print("  executors of one core (enough partitions: bands and row blocks); S3 and the network are not the limit;")
     print("  convert, reconstruct and report run beside the jobs (pod pool) and are not counted here.")
     print("  | executors | one job at a time: hours for 100 series | 4 jobs at once, executors shared: hours |")
@@ -130,19 +143,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=8)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--slices", type=int, default=64)
+    parser.add_argument("--slices", type=int, default=128)
     parser.add_argument("--modes", default="global,local")
+    parser.add_argument("--batch", type=int, default=0, help="series per Spark application (default: all of them)")
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "bench-scale")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     urls = matrices(args.workdir, args.series, args.size, args.slices)
     one, five, _ = os.getloadavg()
-    print(f"# bench/scale.py: {args.series} series of {args.size}x{args.size}x{args.slices}, load average {one:.2f}/{five:.2f} on {os.cpu_count()} CPUs")
+    print(f"# bench/scale.py: {args.series} series of {args.size}x{args.size}x{args.slices}, {args.batch or args.series} per application, load average {one:.2f}/{five:.2f} on {os.cpu_count()} CPUs")
     results = []
     for workers in (1, 2):
         cluster("start", workers, args.workdir)
         try:
-            results += [run_partition(urls, mode, workers, args.workdir) for mode in args.modes.split(",")]
+            results += [run_partition(urls, mode, workers, args.batch or args.series, args.workdir) for mode in args.modes.split(",")]
         finally:
             cluster("stop", workers, args.workdir)
     print_results(results, args.series)

@@ -3,7 +3,7 @@
 A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series)::
 
     wait_for_scans >> wait_for_settled_upload >> discover_series >> convert[series]
-        >> dssvd[series] >> plan_ranks >> reconstruct[series, rank] >> report[series]
+        >> batch_series >> dssvd[batch] >> plan_ranks >> reconstruct[series, rank] >> report[series]
         >> plan_deliveries >> deliver[series, output]
                                              report[series] >> check_series
         >> clean_work[series] (a teardown: after report and deliver)
@@ -14,7 +14,10 @@ A run processes ``s3://<bucket>/incoming/<ds>/`` (one folder per uploaded series
   ``CT_DENOISE_SETTLE_SECONDS`` (S3 LastModified; rule in ``ctdenoise.orchestration.discovery``).
 - ``discover_series``: the series folders, minus those already published with the same
   parameters (``report.json`` params hash) unless ``force``.
-- ``convert`` / ``dssvd``: mapped per series (pods + SparkApplication, or Python + spark-submit).
+- ``convert``: mapped per series (pods, or Python tasks).
+- ``batch_series`` / ``dssvd``: one Spark application (SparkApplication, or spark-submit) per
+  batch of ``CT_DENOISE_SPARK_BATCH_SERIES`` converted series (default 1: a task per series);
+  a batch pays the session's start once, and a refused series in it does not stop the others.
 - ``dssvd`` computes what the run's ``modes`` ask for: the global SVD and/or the local low-rank
   estimates (tiles through all slices, one estimate per threshold multiplier).
 - ``plan_ranks``: the flat list of outputs: (series, rank) from each spectrum and the rank rules
@@ -123,6 +126,15 @@ def discover_series(params: dict | None = None, logical_date=None, ti=None) -> l
         reasons = "; ".join(f"{s['folder']}: {s['reason']}" for s in skipped[:5]) or "no series folders"
         raise AirflowSkipException(f"nothing to process in {partition} ({reasons})")
     return [s.to_xcom() for s in series]
+
+
+@task(task_id="batch_series", trigger_rule=GOOD_SERIES_GO_ON, execution_timeout=timedelta(minutes=5))
+def batch_series(converted) -> list[dict]:  # noqa: ANN001 (the mapped convert's XComs)
+    """The converted series, CT_DENOISE_SPARK_BATCH_SERIES per dssvd task (one Spark application)."""
+    from ctdenoise.records import Converted, SeriesBatch
+
+    series = [Converted.from_xcom(c) for c in (converted[:] if converted else []) if c]
+    return [b.to_xcom() for b in SeriesBatch.group(series, settings.spark_batch_series)]
 
 
 @task(task_id="plan_ranks", trigger_rule=GOOD_SERIES_GO_ON, execution_timeout=timedelta(minutes=30))
@@ -282,7 +294,7 @@ def ct_denoise() -> None:
 
     series = discover_series()
     converted = runtime.convert(settings, series)
-    svds = runtime.dssvd(settings, converted, GOOD_SERIES_GO_ON)
+    svds = runtime.dssvd(settings, batch_series(converted))
     plan = plan_ranks(converted)
     denoised = runtime.reconstruct(settings, plan)
     reports = report.expand(series=series)

@@ -1,6 +1,7 @@
 """The decomposition job on Spark: parse the arguments, supply the Spark engine, run the package's job.
 
     spark-submit spark/dssvd.py --matrix URL [--out URL --rank K] [--local-out URL] [options]
+    spark-submit spark/dssvd.py --matrix URL1 [options] --and --matrix URL2 [options] ...
 
 ``--help`` lists every option; they are derived from the parameter declarations of
 ``ctdenoise.params`` (``ctdenoise.job.DssvdJob``). The job itself, the same for this engine and
@@ -11,7 +12,11 @@ chunk-aligned row blocks (fsspec, S3 from the environment: no hadoop-aws jars) a
 float64 partial sums, added by a deterministic tree; the local mode's partitions write their
 bands of ``D`` straight into the uncommitted group.
 
-Exit status: 0 on success, the result as one JSON line (the last line of the output); else
+Several jobs separated by ``--and`` are a batch (``ctdenoise.job.DssvdBatch``): one Spark
+application for several series, so the session's start is paid once; each job is run on its
+own and printed as one JSON line, a refused input does not stop the others.
+
+Exit status of one job: 0 on success, the result as one JSON line (the last line of the output); else
 one ``error: ...`` line and the status of the failure's kind (``ctdenoise.errors``): 2 for a
 missing matrix or a bad parameter (checked before Spark starts), 75 for a storage, network or
 memory failure (retried), 1 otherwise (a failed Spark stage: the cause is logged). Logging as
@@ -174,20 +179,17 @@ def configure(plugins_path: str | None = None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     plugins_path = _ensure_package()
     from ctdenoise import logs
-    from ctdenoise.errors import Failure, classify, exit_code, one_line
-    from ctdenoise.job import DssvdJob, check_job, run_job
-    from ctdenoise.matrix_store import open_matrix
+    from ctdenoise.job import DssvdBatch
 
-    logs.configure(args.verbose)
-    try:  # fail fast, before a SparkContext: a missing matrix or a bad parameter exits 2
-        job = DssvdJob.from_arguments(args)
-        check_job(job, open_matrix(job.matrix).shape)
-    except Exception as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return exit_code(exc)
+    parts = [parser.parse_args(part) for part in DssvdBatch.split(argv)]
+    logs.configure(any(part.verbose for part in parts))
+    jobs, refused = checked_jobs(parts)  # before a SparkContext: a missing matrix or a bad parameter
+    if not jobs:
+        return refused[0]["exit"] if len(parts) == 1 else report_batch(refused)
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # pyspark warns about pandas >= 3; this job uses neither pandas nor pyspark.sql.
@@ -199,22 +201,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     owns_session = sc is None
     if owns_session:
         sc = SparkContext(conf=configure(plugins_path))
-        if not args.verbose:
+        if not any(part.verbose for part in parts):
             sc.setLogLevel("WARN")
     try:
-        record = run_job(job, SparkEngine(sc), session_seconds=time.perf_counter() - t0 if owns_session else None)
-    except Exception as exc:  # input, storage, or a failed Spark stage (Py4JJavaError: its executor's cause)
-        kind = classify(exc)
-        if kind != Failure.INPUT:
-            log.error("dssvd failed (%s): %s", kind.value, exc.__class__.__name__, exc_info=True)
-        spark_stage = exc.__class__.__module__.startswith("py4j")
-        print(f"error: {'Spark job failed: ' + _first_line(exc) if spark_stage else one_line(exc)}", file=sys.stderr)
-        return exit_code(exc)
+        session = time.perf_counter() - t0 if owns_session else None
+        return run_one(jobs[0], sc, session) if len(parts) == 1 else run_many(jobs, refused, sc, session)
     finally:
         if owns_session:
             sc.stop()
+
+
+def checked_jobs(parts: Sequence[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The jobs whose matrix and parameters pass, and a failure result of each refused one (its
+    ``error:`` line printed): a refused series of a batch does not stop the others."""
+    from ctdenoise.errors import classify, exit_code, one_line
+    from ctdenoise.job import DssvdJob, check_job
+    from ctdenoise.matrix_store import open_matrix
+
+    jobs, refused = [], []
+    for part in parts:
+        try:
+            job = DssvdJob.from_arguments(part)
+            check_job(job, open_matrix(job.matrix).shape)
+            jobs.append(job)
+        except Exception as exc:
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            refused.append({"matrix": part.matrix, "status": "failed", "kind": classify(exc).value, "reason": one_line(exc),
+                            "exit": exit_code(exc)})  # fmt: skip
+    return jobs, refused
+
+
+def run_one(job: Any, sc: Any, session_seconds: float | None) -> int:
+    """One series: its record as the last line, or one ``error:`` line and the failure's status."""
+    from ctdenoise.errors import Failure, classify, exit_code
+    from ctdenoise.job import run_job
+
+    try:
+        record = run_job(job, SparkEngine(sc), session_seconds=session_seconds)
+    except Exception as exc:  # input, storage, or a failed Spark stage (Py4JJavaError: its executor's cause)
+        if classify(exc) != Failure.INPUT:
+            log.error("dssvd failed (%s): %s", classify(exc).value, exc.__class__.__name__, exc_info=True)
+        print(f"error: {failure_reason(exc)}", file=sys.stderr)
+        return exit_code(exc)
     print(json.dumps(record, sort_keys=True), flush=True)
     return 0
+
+
+def run_many(jobs: Sequence[Any], refused: list[dict[str, Any]], sc: Any, session_seconds: float | None) -> int:
+    """A batch in one session: one JSON line per job (its record, or why it failed) in the order
+    given, refused ones first; the batch's status from :func:`ctdenoise.job.batch_exit_code`."""
+    from ctdenoise.job import run_batch
+
+    return report_batch(refused + run_batch(jobs, SparkEngine(sc), session_seconds, reason=failure_reason))
+
+
+def report_batch(results: list[dict[str, Any]]) -> int:
+    from ctdenoise.job import batch_exit_code
+
+    for result in results:
+        print(json.dumps({k: v for k, v in result.items() if k != "exit"}, sort_keys=True), flush=True)
+    return batch_exit_code(results)
+
+
+def failure_reason(exc: BaseException) -> str:
+    from ctdenoise.errors import one_line
+
+    return "Spark job failed: " + _first_line(exc) if exc.__class__.__module__.startswith("py4j") else one_line(exc)
 
 
 _PY_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")

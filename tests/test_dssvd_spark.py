@@ -264,6 +264,32 @@ def test_bad_parameters_exit_2_before_spark_work(spark, dssvd, matrix, tmp_path,
     assert not Path(out).exists()
 
 
+def run_batch_main(dssvd, capsys, *argv: str) -> tuple[int, list[dict], str]:
+    code = dssvd.main(list(argv))
+    captured = capsys.readouterr()
+    return code, [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")], captured.err
+
+
+def test_a_batch_runs_each_series_and_a_refused_one_does_not_stop_the_others(spark, dssvd, matrix, tmp_path, capsys):
+    """``--and`` joins jobs in one session; each is published as alone, a refused matrix is
+    named and skipped (exit 0: it shows at plan_ranks), and a batch of refused inputs exits 2."""
+    url, A = matrix
+    good, alone = str(tmp_path / "batch.zarr"), str(tmp_path / "alone.zarr")
+    absent = str(tmp_path / "absent.zarr")
+    code, lines, err = run_batch_main(dssvd, capsys, "--matrix", absent, "--out", str(tmp_path / "x.zarr"), "--rank", "3", "--and",
+                                      "--matrix", url, "--out", good, "--rank", "4", "--method", "exact")  # fmt: skip
+    assert code == 0, err
+    assert [line["status"] for line in lines] == ["failed", "done"]
+    assert lines[0]["matrix"] == absent and lines[0]["kind"] == "input" and "no Zarr matrix there" in lines[0]["reason"]
+    assert lines[1]["record"]["svd"] == good
+    assert run_main(dssvd, capsys, "--matrix", url, "--out", alone, "--rank", "4", "--method", "exact")[0] == 0
+    np.testing.assert_array_equal(read_svd(good)[0], read_svd(alone)[0])  # the same job, batched or not
+    code, lines, err = run_batch_main(dssvd, capsys, "--matrix", absent, "--out", good, "--rank", "3", "--and",
+                                      "--matrix", url, "--out", good, "--rank", "41")  # fmt: skip
+    assert code == 2 and [line["kind"] for line in lines] == ["input", "input"]
+    assert "rank 41 is larger than min(rows, columns) = 40" in err
+
+
 def _spark_submit(*argv: str) -> subprocess.CompletedProcess:
     submit = Path(sys.executable).parent / "spark-submit"
     cmd = [str(submit) if submit.exists() else "spark-submit", "--master", "local[2]", "--conf", "spark.ui.enabled=false", str(JOB), *argv]

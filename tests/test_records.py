@@ -9,8 +9,8 @@ import pytest
 from record_fixtures import series_for
 
 from ctdenoise.errors import InputError
-from ctdenoise.job import DssvdJob
-from ctdenoise.records import Converted, Failed, Output, Reconstructed, Series, Skipped, Written, parse_outcome
+from ctdenoise.job import DssvdBatch, DssvdJob, batch_exit_code
+from ctdenoise.records import Converted, Failed, Output, Reconstructed, Series, SeriesBatch, Skipped, Written, parse_outcome
 
 
 def written(uid: str, url: str, slices: int) -> Written:
@@ -59,6 +59,34 @@ def test_dssvd_rank_is_capped_by_slices_and_raised_to_explicit_ranks(tmp_path: P
     assert args[args.index("--out") + 1] == series.svd_url
     assert args[args.index("--local-out") + 1] == series.local_url
     assert args[args.index("--multipliers") + 1] == "0.5,0.75,1" and args[args.index("--inplane") + 1] == "nlm"
+
+
+def test_series_are_batched_in_order_and_each_keeps_its_own_job(tmp_path: Path) -> None:
+    """CT_DENOISE_SPARK_BATCH_SERIES: a dssvd task per batch; the batch's command line cuts
+    back into each series' job, the same as the series alone would get."""
+    converted = []
+    for i, slices in enumerate((64, 12, 30)):
+        series = series_for(tmp_path, folder=f"scan-{i}", uid=f"1.2.{i}")
+        converted.append(Converted(series=series, matrix=written(f"1.2.{i}", series.matrix_url, slices)))
+    assert [b.folders for b in SeriesBatch.group(converted, 2)] == [["scan-0", "scan-1"], ["scan-2"]]
+    assert [b.label for b in SeriesBatch.group(converted, 2)] == ["scan-0 +1", "scan-2"]
+    assert [len(b.converted) for b in SeriesBatch.group(converted, 1)] == [1, 1, 1]
+    batch = SeriesBatch.group(converted, 3)[0]
+    assert SeriesBatch.from_xcom(json.loads(json.dumps(batch.to_xcom()))) == batch
+    args = DssvdBatch.for_series(batch.converted).arguments()
+    assert DssvdBatch.split(args) == [DssvdJob.for_series(c).arguments() for c in converted]
+    assert DssvdBatch.for_series(converted[:1]).arguments() == DssvdJob.for_series(converted[0]).arguments()
+
+
+def test_a_batch_fails_as_its_worst_series(tmp_path: Path) -> None:
+    """Refused series show at plan_ranks (the batch succeeds when another was done); a transient
+    failure or a bug retries the batch; a batch with nothing done is refused (2)."""
+    done, refused = {"status": "done"}, {"status": "failed", "kind": "input"}
+    assert batch_exit_code([done, done]) == 0
+    assert batch_exit_code([refused, done]) == 0
+    assert batch_exit_code([refused, refused]) == 2
+    assert batch_exit_code([done, {"status": "failed", "kind": "transient"}, refused]) == 75
+    assert batch_exit_code([{"status": "failed", "kind": "bug"}, done]) == 1
 
 
 def test_local_only_run_needs_no_rank_rule_and_no_svd(tmp_path: Path) -> None:

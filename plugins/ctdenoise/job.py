@@ -14,6 +14,7 @@ same functions on executors. :func:`run_job` is the same code for both.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
@@ -25,6 +26,8 @@ from ctdenoise.params import LocalParams, ParamModel, SvdParams, add_arguments, 
 if TYPE_CHECKING:
     from ctdenoise.decomposition import BlockRunner
     from ctdenoise.records import Converted
+
+log = logging.getLogger(__name__)
 
 
 class DssvdJob(ParamModel):
@@ -91,6 +94,39 @@ class DssvdJob(ParamModel):
         return cls.parse({**values, "svd": svd, "local": local}, args.matrix)
 
 
+BATCH_SEPARATOR = "--and"
+"""Between the jobs of a batch on one command line: ``dssvd.py --matrix A ... --and --matrix B ...``."""
+
+
+class DssvdBatch(ParamModel):
+    """The jobs of several series in one engine session (one Spark application): the session's
+    start, the JVM's and the Python workers', is paid once for all of them. Each job stays its
+    own (:func:`run_batch`): a series whose input is refused does not stop the others."""
+
+    jobs: tuple[DssvdJob, ...] = Field(min_length=1)
+
+    @classmethod
+    def for_series(cls, converted: Sequence[Converted]) -> Self:
+        return cls(jobs=tuple(DssvdJob.for_series(one) for one in converted))
+
+    def arguments(self) -> list[str]:
+        out: list[str] = []
+        for job in self.jobs:
+            out += ([BATCH_SEPARATOR] if out else []) + job.arguments()
+        return out
+
+    @staticmethod
+    def split(argv: Sequence[str]) -> list[list[str]]:
+        """A batch's command line cut into each job's arguments."""
+        groups: list[list[str]] = [[]]
+        for arg in argv:
+            if arg == BATCH_SEPARATOR:
+                groups.append([])
+            else:
+                groups[-1].append(arg)
+        return groups
+
+
 class Engine(Protocol):
     """Where a job's passes run: this process, or Spark executors (``spark/dssvd.py``)."""
 
@@ -153,6 +189,42 @@ def check_job(job: DssvdJob, shape: Sequence[int]) -> None:
         raise ParameterError(f"{job.matrix}: a series matrix is 2-D (voxels, slices), got shape {tuple(shape)}")
     if job.out:
         validate_params(shape, job.rank, job.svd.oversample, job.svd.power_iters, job.svd.method.value, job.matrix)
+
+
+def run_batch(jobs: Sequence[DssvdJob], engine: Engine, session_seconds: float | None = None,
+              reason: Callable[[BaseException], str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Every job of a batch on one engine, each isolated: ``{"matrix", "status": "done", "record"}``
+    or ``{"matrix", "status": "failed", "kind", "reason"}`` per job, in order."""
+    from ctdenoise.errors import Failure, classify, one_line
+
+    reason = reason or one_line
+
+    results = []
+    for i, job in enumerate(jobs):
+        try:
+            record = run_job(job, engine, session_seconds if i == 0 else None)
+            results.append({"matrix": job.matrix, "status": "done", "record": record})
+        except Exception as exc:  # one series' failure, of any kind: the others go on
+            kind = classify(exc)
+            log.error("%s: %s failure: %s", job.matrix, kind.value, reason(exc), exc_info=kind != Failure.INPUT)
+            results.append({"matrix": job.matrix, "status": "failed", "kind": kind.value, "reason": reason(exc)})
+    return results
+
+
+def batch_exit_code(results: Sequence[dict[str, Any]]) -> int:
+    """The exit status of a batch: 0 when each job was done, or when the only failures are refused
+    inputs and another series was done (they go on; the refused ones show at plan_ranks); the
+    failure's own status when a job failed transiently or by a bug (the batch is retried, and
+    recomputes its jobs), or when every job was refused (2)."""
+    from ctdenoise.errors import EXIT_CODES, EXIT_OK, Failure
+
+    failed = [Failure(r["kind"]) for r in results if r["status"] == "failed"]
+    retried = [kind for kind in failed if kind != Failure.INPUT]
+    if retried:
+        return EXIT_CODES[retried[0]]
+    if failed and len(failed) == len(results):
+        return EXIT_CODES[Failure.INPUT]
+    return EXIT_OK
 
 
 def run_job(job: DssvdJob, engine: Engine, session_seconds: float | None = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ The rank rule stays typed from selection (:func:`ctdenoise.ranks.select_ranks`) 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
@@ -240,6 +241,28 @@ class Converted(Record):
     def svd_rank(self) -> int:
         """The SVD rank of this series: the requested one, at most its number of slices."""
         return max(1, min(self.series.params.svd_rank, self.matrix.slices))
+
+
+class SeriesBatch(Record):
+    """The converted series one ``dssvd`` task decomposes in one Spark application (the session's
+    start paid once); one series per batch unless ``CT_DENOISE_SPARK_BATCH_SERIES`` says more."""
+
+    converted: tuple[Converted, ...] = Field(min_length=1)
+
+    @classmethod
+    def group(cls, converted: Sequence[Converted], size: int) -> list[Self]:
+        """``converted`` in order, ``size`` at a time (the last batch may be smaller)."""
+        return [cls(converted=tuple(converted[i : i + size])) for i in range(0, len(converted), max(1, size))]
+
+    @property
+    def label(self) -> str:
+        """The series' label, or the first one's and how many more ("a +3")."""
+        first = self.converted[0].series.label
+        return first if len(self.converted) == 1 else f"{first} +{len(self.converted) - 1}"
+
+    @property
+    def folders(self) -> list[str]:
+        return [c.series.folder for c in self.converted]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ EXPECTED_EDGES = {
     ("wait_for_scans", "wait_for_settled_upload"),
     ("wait_for_settled_upload", "discover_series"),
     ("discover_series", "convert"),
-    ("convert", "dssvd"),
+    ("convert", "batch_series"),
+    ("batch_series", "dssvd"),
     ("convert", "plan_ranks"),
     ("dssvd", "plan_ranks"),
     ("plan_ranks", "reconstruct"),
@@ -84,11 +85,11 @@ def test_graph_is_the_pipeline(probe: dict) -> None:
     mapped = {task_id for task_id, t in tasks.items() if t["mapped"]}
     assert mapped == {"convert", "dssvd", "reconstruct", "report", "deliver", "clean_work"}
     rules = {task_id: t["trigger_rule"] for task_id, t in tasks.items()}
-    for task_id in ("dssvd", "plan_ranks", "report"):
+    for task_id in ("batch_series", "plan_ranks", "report"):
         assert rules[task_id] == "all_done_min_one_success", task_id
     # a teardown: runs whatever happened before it, and the run's state stays report's
     assert rules["clean_work"] == "all_done_setup_success"
-    for task_id in ("wait_for_scans", "wait_for_settled_upload", "discover_series", "convert", "reconstruct", "deliver"):
+    for task_id in ("wait_for_scans", "wait_for_settled_upload", "discover_series", "convert", "dssvd", "reconstruct", "deliver"):
         assert rules[task_id] == "all_success", task_id
     assert rules["plan_deliveries"] == "all_done"  # a series' delivery never waits for another's report
     assert rules["check_series"] == "one_failed"  # a failed series still fails the run
@@ -107,7 +108,7 @@ def test_pools_bound_spark_and_pods(probe: dict) -> None:
     assert tasks["dssvd"]["pool"] == "ct_denoise_spark"
     assert tasks["convert"]["pool"] == tasks["reconstruct"]["pool"] == "ct_denoise_pods"
     assert tasks["deliver"]["pool"] == "ct_denoise_delivery"
-    for task_id in ("convert", "dssvd", "reconstruct", "discover_series", "plan_ranks", "report", "plan_deliveries", "deliver", "check_series"):
+    for task_id in ("convert", "batch_series", "dssvd", "reconstruct", "discover_series", "plan_ranks", "report", "plan_deliveries", "deliver", "check_series"):
         assert tasks[task_id]["execution_timeout"], f"{task_id} has no execution timeout"
 
 

@@ -44,6 +44,11 @@ def unmapped(dag: Any, task_id: str, value: Any) -> tuple[Any, dict[str, Any]]:
     return op, context
 
 
+def batch_of(*converted: dict[str, Any]) -> dict[str, Any]:
+    """The XCom of one ``batch_series`` item."""
+    return {"converted": list(converted)}
+
+
 def label_of(op: Any) -> str:
     import jinja2
 
@@ -250,7 +255,7 @@ server prunes it; it copies them to driver and executor labels too, which the CR
 def spark_application(kube_dag: Any) -> tuple[dict[str, Any], Any]:
     mp = pytest.MonkeyPatch()
     try:
-        op, context = unmapped(kube_dag, "dssvd", sample_converted(sample_series(), slices=64))
+        op, context = unmapped(kube_dag, "dssvd", batch_of(sample_converted(sample_series(), slices=64)))
         context["task_instance"] = context["ti"]
         return submitted_body(op, context, mp), op
     finally:
@@ -302,14 +307,31 @@ def test_spark_application_runs_dssvd_on_the_series(spark_application: tuple) ->
 
 
 def test_spark_rank_is_capped_by_the_slices(kube_dag: Any) -> None:
-    op, _ = unmapped(kube_dag, "dssvd", sample_converted(sample_series(), slices=12))
+    op, _ = unmapped(kube_dag, "dssvd", batch_of(sample_converted(sample_series(), slices=12)))
     args = op.template_body["spark"]["spec"]["arguments"]
     assert args[args.index("--rank") + 1] == "12"
 
 
+def test_a_batch_is_one_application_of_its_series_jobs(kube_dag: Any, local_dag: Any) -> None:
+    """CT_DENOISE_SPARK_BATCH_SERIES > 1: one dssvd task and one Spark application for several
+    series, their jobs separated by --and (spark/dssvd.py), labelled by the first series."""
+    a = sample_series()
+    b = sample_series(uid="1.2.826.0.1.3680043.8.498.2", folder="scan-b")
+    batch = batch_of(sample_converted(a), sample_converted(b, slices=12))
+    kube, _ = unmapped(kube_dag, "dssvd", batch)
+    local, _ = unmapped(local_dag, "dssvd", batch)
+    kube_args = kube.template_body["spark"]["spec"]["arguments"]
+    assert kube_args == local.application_args
+    assert kube_args.count("--and") == 1
+    first, second = kube_args[: kube_args.index("--and")], kube_args[kube_args.index("--and") + 1 :]
+    assert first[first.index("--matrix") + 1] == a["matrix_url"] and second[second.index("--matrix") + 1] == b["matrix_url"]
+    assert second[second.index("--rank") + 1] == "12"
+    assert label_of(kube) == label_of(local) == "scan-a +1"
+
+
 def test_local_dssvd_submits_the_same_job(local_dag: Any) -> None:
     series = sample_series()
-    op, _ = unmapped(local_dag, "dssvd", sample_converted(series, slices=64))
+    op, _ = unmapped(local_dag, "dssvd", batch_of(sample_converted(series, slices=64)))
     assert Path(op.application).is_file() and Path(op.application).name == "dssvd.py"
     args = op.application_args
     assert args[args.index("--matrix") + 1] == series["matrix_url"]
@@ -328,7 +350,7 @@ def test_local_spark_submit_gets_aws_env_at_execute(local_dag: Any, monkeypatch:
 
     from ctdenoise.orchestration import aws
 
-    op, _ = unmapped(local_dag, "dssvd", sample_converted(sample_series()))
+    op, _ = unmapped(local_dag, "dssvd", batch_of(sample_converted(sample_series())))
     seen: dict[str, Any] = {}
     monkeypatch.setattr(aws, "environment", lambda conn_id: {"AWS_ACCESS_KEY_ID": f"key-of-{conn_id}"})
     monkeypatch.setattr(SparkSubmitOperator, "execute", lambda self, context: seen.update(self.env_vars))

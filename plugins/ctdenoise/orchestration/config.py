@@ -100,6 +100,9 @@ class Settings(BaseModel):
     max_active_runs: int = Field(1, ge=1, description="runs of ct_denoise in flight at once (a backfill queues behind)")
     max_active_tasks: int = Field(8, ge=1, description="task instances of one run in flight at once")
     spark_pool: str = Field("ct_denoise_spark", description="Airflow pool of the dssvd tasks (slots = concurrent Spark jobs)")
+    spark_batch_series: int = Field(1, ge=1, description="series per dssvd task: one Spark application decomposes this many "
+                                    "series one after the other, paying the session's start once (a partition of many small "
+                                    "series); 1: a task per series")  # fmt: skip
     pod_pool: str = Field("ct_denoise_pods", description="Airflow pool of convert and reconstruct")
     retries: int = Field(2, ge=0, description="retries of tasks that touch S3 or Spark")
     retry_delay_seconds: float = Field(60.0, ge=0, description="first retry delay; doubles at each retry (exponential backoff)")

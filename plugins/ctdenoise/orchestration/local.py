@@ -82,17 +82,17 @@ def convert(settings: Settings, series: Any) -> Any:
     return convert_task.partial(aws_conn_id=settings.aws_conn_id).expand(series=series)
 
 
-def dssvd_kwargs(converted: dict[str, Any]) -> dict[str, Any]:
-    """Per-series kwargs of the mapped SparkSubmitOperator (an ``XComArg.map`` function)."""
-    from ctdenoise.job import DssvdJob
-    from ctdenoise.records import Converted
+def dssvd_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
+    """Per-batch kwargs of the mapped SparkSubmitOperator (an ``XComArg.map`` function)."""
+    from ctdenoise.job import DssvdBatch
+    from ctdenoise.records import SeriesBatch
 
-    one = Converted.from_xcom(converted)
-    return {"application_args": DssvdJob.for_series(one).arguments(), "name": one.series.label}
+    one = SeriesBatch.from_xcom(batch)
+    return {"application_args": DssvdBatch.for_series(one.converted).arguments(), "name": one.label}
 
 
-def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
-    """``dssvd`` mapped over the successfully converted series."""
+def dssvd(settings: Settings, batches: Any) -> Any:
+    """``dssvd`` mapped over the batches of converted series (``batch_series``)."""
     return AwsSparkSubmitOperator.partial(
         task_id="dssvd",
         application=settings.spark_application,
@@ -104,9 +104,8 @@ def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
         executor_cores=settings.spark_executor_cores,
         pool=settings.spark_pool,
         execution_timeout=timedelta(hours=2),
-        trigger_rule=trigger_rule,
         map_index_template="{{ task.name }}",
-    ).expand_kwargs(converted.map(dssvd_kwargs)).output
+    ).expand_kwargs(batches.map(dssvd_kwargs)).output
 
 
 def reconstruct(settings: Settings, plan: Any) -> Any:

@@ -185,14 +185,14 @@ def reconstruct_pod_kwargs(item: dict[str, Any], series_description_prefix: str 
     }
 
 
-def spark_application(converted: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The rendered SparkApplication (a dict) of one converted series."""
-    from ctdenoise.job import DssvdJob
+def spark_application(batch: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The rendered SparkApplication (a dict) of one batch of converted series."""
+    from ctdenoise.job import DssvdBatch
     from ctdenoise.orchestration.sparkapp import application_name, spark_application as render
-    from ctdenoise.records import Converted
+    from ctdenoise.records import SeriesBatch
 
-    one = Converted.from_xcom(converted)
-    return render(DssvdJob.for_series(one), settings, application_name(one.series.label))
+    one = SeriesBatch.from_xcom(batch)
+    return render(DssvdBatch.for_series(one.converted), settings, application_name(one.label))
 
 
 def convert(settings: Settings, series: Any) -> Any:
@@ -204,13 +204,15 @@ def convert(settings: Settings, series: Any) -> Any:
     )
 
 
-def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
-    """``dssvd`` SparkApplications mapped over the successfully converted series."""
+def dssvd(settings: Settings, batches: Any) -> Any:
+    """``dssvd`` SparkApplications mapped over the batches of converted series (``batch_series``)."""
 
-    def dssvd_kwargs(one: dict[str, Any]) -> dict[str, Any]:
+    def dssvd_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
+        from ctdenoise.records import SeriesBatch
+
         return {
-            "template_spec": spark_application(one, settings),
-            "annotations": {LABEL_ANNOTATION: one["series"]["folder"]},
+            "template_spec": spark_application(batch, settings),
+            "annotations": {LABEL_ANNOTATION: SeriesBatch.from_xcom(batch).label},
         }
 
     return CtDenoiseSparkOperator.partial(
@@ -225,9 +227,8 @@ def dssvd(settings: Settings, converted: Any, trigger_rule: str) -> Any:
         startup_timeout_seconds=settings.spark_startup_timeout_seconds,
         execution_timeout=timedelta(minutes=settings.spark_timeout_minutes),
         pool=settings.spark_pool,
-        trigger_rule=trigger_rule,
         map_index_template="{{ task.annotations['" + LABEL_ANNOTATION + "'] }}",
-    ).expand_kwargs(converted.map(dssvd_kwargs)).output
+    ).expand_kwargs(batches.map(dssvd_kwargs)).output
 
 
 def reconstruct(settings: Settings, plan: Any) -> Any:

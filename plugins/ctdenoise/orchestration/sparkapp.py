@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 from ctdenoise.errors import ParameterError
-from ctdenoise.job import DssvdJob
+from ctdenoise.job import DssvdBatch, DssvdJob
 from ctdenoise.orchestration.config import Settings
 
 TEMPLATE = "sparkapplication.yaml"
@@ -41,7 +41,7 @@ def application_name(label: str) -> str:
     return f"dssvd-{slug}-{digest}"
 
 
-def spark_values(job: DssvdJob, settings: Settings, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def spark_values(job: DssvdJob | DssvdBatch, settings: Settings, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The template's values: ``name`` checked, everything else from the settings and the job."""
     if len(name) > _MAX_NAME or not _NAME.match(name):
         raise ParameterError(f"SparkApplication name {name!r}: lowercase letters, digits and '-', at most {_MAX_NAME} characters")
@@ -82,7 +82,7 @@ def _role(settings: Settings, labels: dict[str, str], role: str, **sizes: Any) -
     }
 
 
-def spark_application(job: DssvdJob, settings: Settings, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def spark_application(job: DssvdJob | DssvdBatch, settings: Settings, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The SparkApplication manifest (a dict), ready for ``SparkKubernetesOperator(template_spec=...)``."""
     import jinja2
     import yaml
