@@ -229,7 +229,8 @@ def load_before() -> str:
 
 
 def report_latency(pipeline: dict[str, Any], compute: dict[str, Any]) -> None:
-    failed = [f"{t['task_id']}[{t['map_index']}]={t['state']}" for t in pipeline["tis"] if t["state"] != "success"]
+    # plan_deliveries and deliver skip without destinations, check_series when no report failed
+    failed = [f"{t['task_id']}[{t['map_index']}]={t['state']}" for t in pipeline["tis"] if t["state"] not in ("success", "skipped")]
     if failed:
         print(f"\nthe run did not succeed: {', '.join(failed)} (see the airflow log in the work folder)")
         return
@@ -247,7 +248,7 @@ def report_latency(pipeline: dict[str, Any], compute: dict[str, Any]) -> None:
     print(f"\nupload of the series: {pipeline['upload_seconds']:.1f} s; sensor and settle wait: {waits:.1f} s (reported apart)")
     print("\n| stage | task instances | wall span (s) | summed task time (s) | queue wait (s) | own compute, one process (s) | wall / compute |")
     print("|---|---|---|---|---|---|---|")
-    for task in ("discover_series", "convert", "dssvd", "plan_ranks", "reconstruct", "report"):
+    for task in ("discover_series", "convert", "batch_series", "dssvd", "plan_ranks", "reconstruct", "report"):
         s = spans.get(task)
         if s is None:
             continue
@@ -268,8 +269,19 @@ def main() -> int:
     parser.add_argument("--thin", type=int, default=0, help="also measure the peak memory of a size x size x THIN series")
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "bench-e2e")
     parser.add_argument("--conf", type=json.loads, default={}, help="run parameters (JSON); default: the DAG's defaults")
+    parser.add_argument("--report", action="store_true", help="print the latency table of the last run in WORKDIR again")
+    parser.add_argument("--thin-only", action="store_true", help="only the thin-slice series (with --thin)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.thin_only:
+        thin_memory(args.workdir, args.size, args.thin, args.conf)
+        return 0
+    if args.report:
+        pipeline = json.loads((args.workdir / "pipeline.json").read_text())
+        for t in pipeline["tis"]:
+            t.update({k: when(t[k]) for k in ("start_date", "end_date", "queued_dttm")})
+        report_latency({**pipeline, "uploaded": when(pipeline["uploaded"])}, json.loads((args.workdir / "result.json").read_text())["compute"])
+        return 0
     series_dir = phantom(args.workdir, args.size, args.slices, seed=0)
     print(f"# bench/e2e.py, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {load_before()}")
     print(f"# series {args.size}x{args.size}x{args.slices}, run parameters {json.dumps(args.conf) or 'defaults'}")
@@ -290,17 +302,26 @@ def thin_memory(workdir: Path, size: int, slices: int, conf: dict[str, Any]) -> 
 
     series_dir = phantom(workdir, size, slices, seed=1)
     compute = compute_stages(workdir / f"thin-{slices}", series_dir, conf)
+    (workdir / f"thin-{slices}.json").write_text(json.dumps(compute, default=str, indent=1))
+    print_thin(compute, size, slices)
+
+
+def print_thin(compute: dict[str, Any], size: int, slices: int) -> None:
+    from ctdenoise.orchestration.config import load_settings
+
     k8s = load_settings({})
+    pod = {step: getattr(k8s, f"{step}_resources") for step in ("convert", "reconstruct")}
     print(f"\nthin-slice series {size}x{size}x{slices}: peak memory per stage (one process, MB) against the Kubernetes settings")
-    print("| stage | peak MB | request | limit |")
-    print("|---|---|---|---|")
-    print(f"| convert | {compute['convert']['peak_mb']:.0f} | pod {k8s.pod_memory_request} | {k8s.pod_memory_limit} |")
-    print(f"| dssvd (local engine: driver and executor work in one process) | {compute['dssvd']['peak_mb']:.0f} | "
+    print("| stage | seconds (one process) | peak MB | request | limit |")
+    print("|---|---|---|---|---|")
+    print(f"| convert | {compute['convert']['seconds']:.1f} | {compute['convert']['peak_mb']:.0f} | pod {pod['convert'].requests.get('memory')} "
+          f"| {pod['convert'].limits.get('memory')} |")  # fmt: skip
+    print(f"| dssvd (local engine: driver and executor work in one process) | {compute['dssvd']['seconds']:.1f} | {compute['dssvd']['peak_mb']:.0f} | "
           f"executor {k8s.spark_executor_memory} x {k8s.spark_executor_instances}, driver {k8s.spark_driver_memory} | - |")  # fmt: skip
     worst = max(compute["reconstruct"], key=lambda r: r["peak_mb"])
-    print(f"| reconstruct (largest: {worst['label']}) | {worst['peak_mb']:.0f} | pod {k8s.pod_memory_request} | {k8s.pod_memory_limit} |")
-    print(f"| report | {compute['report']['peak_mb']:.0f} | (Airflow worker) | - |")
-
+    print(f"| reconstruct (largest of {len(compute['reconstruct'])}: {worst['label']}) | {worst['seconds']:.1f} | {worst['peak_mb']:.0f} "
+          f"| pod {pod['reconstruct'].requests.get('memory')} | {pod['reconstruct'].limits.get('memory')} |")  # fmt: skip
+    print(f"| report | {compute['report']['seconds']:.1f} | {compute['report']['peak_mb']:.0f} | (Airflow worker) | - |")
 
 if __name__ == "__main__":
     sys.exit(main())

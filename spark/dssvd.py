@@ -126,12 +126,16 @@ class SparkEngine:
 
     def __init__(self, sc: Any) -> None:
         self.sc = sc
+        self.started = False
 
     def start(self, matrix_url: str) -> None:
         """Start one Python worker per slot, ready for the kernels (with worker reuse they serve
         every later task): reported as ``workers_start``, outside the compute."""
         from ctdenoise.decomposition import warm_up
 
+        if self.started:  # a batch's later jobs: the workers are up (spark.python.worker.reuse)
+            return
+        self.started = True
         slots = self.sc.defaultParallelism
         self.sc.setJobDescription("dssvd: start Python workers")
         pids = self.sc.parallelize(range(slots), slots).mapPartitionsWithIndex(functools.partial(warm_up, matrix_url)).collect()

@@ -143,8 +143,9 @@ class Settings(BaseModel):
                                                 "(no API access, no token; give it the S3 role for IRSA / workload identity)")  # fmt: skip
     # -- kubernetes runtime: convert and reconstruct pods -----------------------------------------
     convert_resources: PodResources = Field(
-        default_factory=lambda: PodResources(requests={"cpu": "1", "memory": "2Gi"}, limits={"cpu": "2", "memory": "4Gi"}),
-        description="JSON {requests, limits} of the convert pods' container",
+        default_factory=lambda: PodResources(requests={"cpu": "1", "memory": "3Gi"}, limits={"cpu": "2", "memory": "6Gi"}),
+        description="JSON {requests, limits} of the convert pods' container (memory grows with the slices: "
+                    "a 512 x 512 x 1000 series peaks at 2.2 GiB, docs/benchmarks.md)",
     )
     reconstruct_resources: PodResources = Field(
         default_factory=lambda: PodResources(requests={"cpu": "1", "memory": "2Gi"}, limits={"cpu": "2", "memory": "4Gi"}),
