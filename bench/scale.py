@@ -81,25 +81,22 @@ def submit(job_args: list[str], workers: int) -> tuple[list[dict[str, Any]], flo
     return records, wall
 
 
-def job_arguments(url: str, mode: str, workdir: Path, tag: str) -> list[str]:
+def series_job(url: str, mode: str, workdir: Path, tag: str) -> Any:
     from ctdenoise.job import DssvdJob
 
     out = str(workdir / "out" / f"{tag}-{Path(url).stem}.zarr")
     rank = min(50, int(Path(url).stem.rsplit("x", 1)[-1]))  # the DAG's k, at most the slices
-    job = DssvdJob(matrix=url, out=out, rank=rank) if mode == "global" else DssvdJob(matrix=url, local_out=out)
-    return job.arguments()
+    return DssvdJob(matrix=url, out=out, rank=rank) if mode == "global" else DssvdJob(matrix=url, local_out=out)
 
 
 def run_partition(urls: list[str], mode: str, workers: int, batch: int, workdir: Path) -> dict[str, Any]:
-    from ctdenoise.job import BATCH_SEPARATOR
+    from ctdenoise.job import DssvdBatch
 
     t0 = time.perf_counter()
     jobs = []
     for start in range(0, len(urls), batch):
-        args: list[str] = []
-        for url in urls[start : start + batch]:
-            args += ([BATCH_SEPARATOR] if args else []) + job_arguments(url, mode, workdir, f"{mode}-{workers}w")
-        records, wall = submit(args, workers)
+        one = DssvdBatch(jobs=tuple(series_job(url, mode, workdir, f"{mode}-{workers}w") for url in urls[start : start + batch]))
+        records, wall = submit(one.arguments(), workers)
         for record in records:
             timings = record["timings"]
             jobs.append({"wall": wall / len(records), **{k: timings.get(k, 0.0) for k in ("session_start", "workers_start", "compute_total")}})

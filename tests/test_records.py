@@ -68,7 +68,7 @@ def test_series_are_batched_in_order_and_each_keeps_its_own_job(tmp_path: Path) 
     for i, slices in enumerate((64, 12, 30)):
         series = series_for(tmp_path, folder=f"scan-{i}", uid=f"1.2.{i}")
         converted.append(Converted(series=series, matrix=written(f"1.2.{i}", series.matrix_url, slices)))
-    assert [b.folders for b in SeriesBatch.group(converted, 2)] == [["scan-0", "scan-1"], ["scan-2"]]
+    assert [[c.series.folder for c in b.converted] for b in SeriesBatch.group(converted, 2)] == [["scan-0", "scan-1"], ["scan-2"]]
     assert [b.label for b in SeriesBatch.group(converted, 2)] == ["scan-0 +1", "scan-2"]
     assert [len(b.converted) for b in SeriesBatch.group(converted, 1)] == [1, 1, 1]
     batch = SeriesBatch.group(converted, 3)[0]

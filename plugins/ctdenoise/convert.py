@@ -79,15 +79,11 @@ def convert_one(
 
 
 def convert_series(
-    headers: Sequence[SliceHeader], dest_url: str, storage_options: Mapping[str, Any] | None = None,
-    accepted: Accepted | None = None,
-) -> Written:  # fmt: skip
-    """Read (one slice at a time, in the accepted order) and publish one series; its record.
-
-    ``accepted``: the result of :func:`ctdenoise.acceptance.accept` (run here with the default
-    rules and both modes when not given)."""
+    headers: Sequence[SliceHeader], dest_url: str, storage_options: Mapping[str, Any] | None, accepted: Accepted
+) -> Written:
+    """Read (one slice at a time, in the accepted order: ``accepted`` is what
+    :func:`ctdenoise.acceptance.accept` said of ``headers``) and publish one series; its record."""
     started = time.perf_counter()
-    accepted = accepted or accept(headers, RunParams().input_rules, RunParams().modes)
     uid, order = headers[0].series_instance_uid, accepted.order
     ordered = [headers[i] for i in order.indices]
     rows, columns = ordered[0].geometry.rows, ordered[0].geometry.columns

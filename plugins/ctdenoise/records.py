@@ -260,10 +260,6 @@ class SeriesBatch(Record):
         first = self.converted[0].series.label
         return first if len(self.converted) == 1 else f"{first} +{len(self.converted) - 1}"
 
-    @property
-    def folders(self) -> list[str]:
-        return [c.series.folder for c in self.converted]
-
 
 # ---------------------------------------------------------------------------------------------
 # plan_ranks -> reconstruct -> report

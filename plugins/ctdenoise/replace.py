@@ -110,24 +110,20 @@ def swap_remote(fs: Any, files: list[tuple[Path, str]], dest: str, publication: 
     if files:
         fs.put([str(p) for p, _ in files], [f"{staged}/{rel}" for _, rel in files])
     fs.pipe_file(f"{dest}/_SUCCESS", marker(publication, at=generation))
-    new = {rel for _, rel in files}
-    for rel in sorted(new):
-        fs.copy(f"{staged}/{rel}", f"{dest}/{rel}")
+    new = sorted({rel for _, rel in files})
+    if new:  # lists on both sides: one concurrent batch, no per-file existence checks
+        fs.copy([f"{staged}/{rel}" for rel in new], [f"{dest}/{rel}" for rel in new])
     fs.invalidate_cache(dest)
-    stale = [key for key in fs.find(dest) if _relative(key, dest) not in new | {"_SUCCESS"}
-             and not _relative(key, dest).startswith(GENERATION_PREFIX)]  # fmt: skip
+    keys = {key: _relative(key, dest) for key in fs.find(dest)}
+    stale = [key for key, rel in keys.items() if rel not in {*new, "_SUCCESS"} and not rel.startswith(GENERATION_PREFIX)]
     if stale:
         fs.rm(stale)
     fs.pipe_file(f"{dest}/_SUCCESS", marker(publication))
-    retire_generations(fs, dest)
-
-
-def retire_generations(fs: Any, dest: str) -> None:
-    """Delete every ``.gen-*`` sub-folder of ``dest`` (the marker no longer points to any)."""
+    # every .gen-* sub-folder, this one and any a crashed publication left: the marker points to none
+    generations = [key for key, rel in keys.items() if rel.startswith(GENERATION_PREFIX)]
+    if generations:
+        fs.rm(generations)
     fs.invalidate_cache(dest)
-    old = [key for key in fs.find(dest) if _relative(key, dest).startswith(GENERATION_PREFIX)]
-    if old:
-        fs.rm(old)
 
 
 def _relative(key: str, dest: str) -> str:

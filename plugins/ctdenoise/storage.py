@@ -114,25 +114,28 @@ def is_published(url: str, storage_options: Mapping[str, Any] | None = None) -> 
     return fs.exists(f"{path.rstrip('/')}/{SUCCESS_MARKER}")
 
 
+def _marker(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The ``_SUCCESS`` marker of the folder ``url``, read; None when the folder is not published."""
+    try:
+        return replace.read_marker(read_bytes(join(url, SUCCESS_MARKER), storage_options))
+    except FileNotFoundError:
+        return None
+
+
 def publication_id(url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
     """The id in the ``_SUCCESS`` marker of a published folder (``""`` for an older, empty
     marker); None when the folder is not published."""
-    try:
-        data = read_bytes(join(url, SUCCESS_MARKER), storage_options)
-    except FileNotFoundError:
-        return None
-    return str(replace.read_marker(data).get("publication", ""))
+    marker = _marker(url, storage_options)
+    return None if marker is None else str(marker.get("publication", ""))
 
 
 def published_root(url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
     """Where the complete files of the published folder ``url`` are right now: ``url`` itself,
     or during a replacement on S3 the sub-folder its marker names; None if not published."""
-    try:
-        data = read_bytes(join(url, SUCCESS_MARKER), storage_options)
-    except FileNotFoundError:
+    marker = _marker(url, storage_options)
+    if marker is None:
         return None
-    at = replace.read_marker(data).get("at")
-    return join(url, str(at)) if at else url
+    return join(url, str(marker["at"])) if marker.get("at") else url
 
 
 def remove(url: str, storage_options: Mapping[str, Any] | None = None) -> None:

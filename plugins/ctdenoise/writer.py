@@ -166,7 +166,7 @@ def _series_number(template: Any, denoised: "Denoised") -> int:
         base = int(template.get("SeriesNumber") or 0)
     except (TypeError, ValueError):
         base = 0
-    return series_number(base, denoised.series_number(0))
+    return series_number(base, denoised.series_offset())
 
 
 def derived_series_uid(source_series_uid: str, rank: int, svd_attrs: Mapping[str, Any], k: int) -> str:
@@ -185,7 +185,7 @@ def derived_series_uid(source_series_uid: str, rank: int, svd_attrs: Mapping[str
     )
 
 
-def _derived_template(source: SourceSeries, denoised: "Denoised", prefix: str = DEFAULT_PREFIX):
+def _derived_template(source: SourceSeries, denoised: "Denoised", prefix: str):
     """The series-level header of the derived series, from the source's header template, labelled
     as a processing result (:mod:`ctdenoise.derived_series`)."""
     from pydicom.dataset import Dataset
@@ -287,7 +287,8 @@ class Denoised:
     def metrics(self, frobenius2: float, denoised2: float) -> dict[str, Any]:
         raise NotImplementedError
 
-    def series_number(self, base: int) -> int:
+    def series_offset(self) -> int:
+        """The output's own number, after the source's (:func:`ctdenoise.derived_series.series_number`)."""
         raise NotImplementedError
 
     def derivation(self) -> str:
@@ -322,8 +323,8 @@ class GlobalRank(Denoised):
         return {"mode": "global", "rank": self.rank, "k": self.k, "retained_energy": finite_or_none(energy),
                 "svd_method": self.attrs.get("method")}  # fmt: skip
 
-    def series_number(self, base: int) -> int:
-        return base * 1000 + self.rank
+    def series_offset(self) -> int:
+        return self.rank
 
     def derivation(self) -> str:
         return (
@@ -391,10 +392,10 @@ class LocalMultiplier(Denoised):
             "shrinkage": self.attrs.get("shrinkage"),
         }
 
-    def series_number(self, base: int) -> int:
+    def series_offset(self) -> int:
         from ctdenoise.derived_series import local_offset
 
-        return base * 1000 + local_offset(self.multiplier)
+        return local_offset(self.multiplier)
 
     def derivation(self) -> str:
         a = self.attrs
@@ -633,7 +634,7 @@ def _publish(
     metrics: dict[str, Any],
     started: float,
     storage_options: Mapping[str, Any] | None,
-    template: Any = None,
+    template: Any,
 ) -> None:
     """Stage the DICOM series, the preview and ``metrics.json`` locally, then publish them at
     once (``_SUCCESS`` last), so a reader never sees a partial output.
@@ -641,7 +642,6 @@ def _publish(
     ``seconds`` is added to ``metrics`` when everything but ``metrics.json`` is written, so it
     covers the whole run.
     """
-    template = template if template is not None else _derived_template(source, denoised)
     with storage.staging_dir("ctdenoise-reconstruct-") as staged:
         staged = Path(staged)
         _write_dicom(staged / "dicom", template, source, denoised, volume.stored, fmt)
