@@ -108,6 +108,10 @@ def test_deliver_records_each_answer_beside_the_report(completed: dict, orthanc_
     with pytest.raises(TransientError):
         delivery.deliver_item(item, {"run_id": "r1", "try_number": 2}, 5.0)
     assert [r.run_id for r in load_records(url)] == ["r1", "r1"]
+    # a retry in another run (a forced re-run) sends again: an earlier run's records do not count
+    with pytest.raises(TransientError):
+        delivery.deliver_item(item, {"run_id": "r2", "try_number": 2}, 5.0)
+    assert [r.run_id for r in load_records(url)] == ["r2", "r2"]  # each (output, destination) keeps its latest record
 
 
 def test_rebuild_converges_on_every_record(completed: dict) -> None:

@@ -20,7 +20,6 @@ again) before a rejection (fails at once).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -45,19 +44,18 @@ def destination(conn_id: str) -> Any:
 def plan(series_urls: Iterable[str], params: RunParams, destinations: list[str],
          storage_options: Mapping[str, Any] | None = None) -> list[DeliveryItem]:  # fmt: skip
     """One item per chosen output of each completed series with a destination still due."""
-    from ctdenoise import layout, storage
+    from ctdenoise import storage
+    from ctdenoise.completion import read_report
     from ctdenoise.delivery.choice import chosen, published_outputs
-    from ctdenoise.report.deliveries import load_records
+    from ctdenoise.report.deliveries import delivered, load_records
 
     items: list[DeliveryItem] = []
     for series_url in dict.fromkeys(series_urls):
-        try:
-            summary = json.loads(storage.read_bytes(layout.report_json(series_url), storage_options))
-        except FileNotFoundError:
+        summary = read_report(series_url, storage_options)
+        if summary is None:
             log.warning("%s: no report.json (series not complete): nothing delivered", series_url)
             continue
-        done = {(r.output, r.destination_name, r.outcome.series_instance_uid) for r in load_records(series_url, storage_options)
-                if r.outcome.ok}  # fmt: skip
+        done = delivered(load_records(series_url, storage_options))
         folder = storage.basename(str((summary.get("source") or {}).get("source_url") or series_url))
         for output in chosen(published_outputs(summary), params.deliver):
             due = tuple(d for d in destinations if params.force or (output.name, d, output.series_instance_uid) not in done)
@@ -73,19 +71,19 @@ def plan(series_urls: Iterable[str], params: RunParams, destinations: list[str],
 def deliver_item(item: DeliveryItem, run: Mapping[str, Any], verify_seconds: float,
                  storage_options: Mapping[str, Any] | None = None) -> Delivered:  # fmt: skip
     """Send one output to its destinations (module docstring); raise the worst failure after recording every answer."""
-    import logging as _logging
-
     from ctdenoise.delivery import deliver
     from ctdenoise.delivery.outcome import DeliveryRecord
     from ctdenoise.errors import CtDenoiseError, TransientError
-    from ctdenoise.report.deliveries import load_records, write_record
+    from ctdenoise.report.deliveries import delivered, load_records, write_record
 
-    _logging.getLogger("pynetdicom").setLevel(_logging.WARNING)  # a line per PDU otherwise
-    already = {r.destination_name for r in load_records(item.series_url, storage_options)
-               if r.output == item.output and r.outcome.ok and r.outcome.series_instance_uid == item.output_series_uid}  # fmt: skip
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # a line per PDU otherwise
+    already: set[str] = set()
+    if run.get("try_number", 1) > 1:  # an earlier try of this task, in this run, may have delivered some
+        mine = [r for r in load_records(item.series_url, storage_options) if r.run_id == run.get("run_id")]
+        already = {name for output, name, uid in delivered(mine) if (output, uid) == (item.output, item.output_series_uid)}
     records, failures = [], []
     for name in item.destinations:
-        if name in already and run.get("try_number", 1) > 1:
+        if name in already:
             log.info("%s: delivered to %s on an earlier try", item.label, name)
             continue
         try:

@@ -43,6 +43,11 @@ SECTION = """<h2>Delivered to PACS</h2>
 """
 
 
+def delivered(records: Sequence[DeliveryRecord]) -> set[tuple[str, str, str]]:
+    """``(output, destination, derived SeriesInstanceUID)`` of each confirmed delivery in ``records``."""
+    return {(r.output, r.destination_name, r.outcome.series_instance_uid) for r in records if r.outcome.ok}
+
+
 def record_key(record: DeliveryRecord) -> tuple[str, str]:
     return record.output, record.destination_name
 
