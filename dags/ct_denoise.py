@@ -186,7 +186,7 @@ def plan_deliveries(reports, params: dict | None = None, ti=None) -> list[dict]:
         raise AirflowSkipException(f"delivery off: {why}")
     done = [SeriesReport.from_xcom(r) for r in (reports[:] if reports else []) if r]
     urls = [series_url(settings.denoised_url(), r.series_instance_uid) for r in done]
-    urls += as_list_of_str(ti.xcom_pull(task_ids="discover_series", key="published"))
+    urls += as_list(ti.xcom_pull(task_ids="discover_series", key="published"))
     items = delivery.plan(urls, run_params, settings.destination_ids, aws.storage_options(settings.aws_conn_id))
     if not items:
         raise AirflowSkipException(f"nothing to deliver ({len(urls)} completed series checked)")
@@ -218,15 +218,6 @@ def check_series() -> None:
 
     raise AirflowFailException("a series was not completed: see the failed report task instances "
                                "(the other series were published and, where configured, delivered)")  # fmt: skip
-
-
-def as_list_of_str(value) -> list[str]:  # noqa: ANN001
-    """An XCom pull of a list of strings (None, one list, or one list per map index)."""
-    if not value:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [v for x in value for v in ([x] if isinstance(x, str) else (x or []))]
 
 
 @task(task_id="clean_work", execution_timeout=timedelta(minutes=30), map_index_template="{{ task.op_kwargs['series']['label'] }}")

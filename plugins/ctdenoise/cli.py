@@ -39,8 +39,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """The folder's status from its series' outcomes (:func:`convert_status`)."""
     from ctdenoise.convert import convert
 
-    params = RunParams.parse({**from_arguments(ModeChoice, args, args.src).as_json(),
-                              **from_arguments(InputRules, args, args.src).as_json()}, args.src)  # fmt: skip
+    params = from_arguments(RunParams, args, args.src)  # the mode and input-rule flags; the rest default
     outcomes = []
     for outcome in convert(args.src, args.dst, params=params):
         _emit(outcome.to_xcom())

@@ -2,7 +2,7 @@
 
 These functions hold the orchestration's decisions before any series is converted; the sensor and
 ``discover_series`` call them. Imports: the standard library and the package's light modules
-(no numpy; pydicom only inside :func:`first_ct_series_uid`).
+(no numpy; pydicom only inside :func:`first_ct_header`).
 
 Series folders
     A run processes the arrival partition ``<incoming>/<ds>/``: each folder directly below it
@@ -150,12 +150,6 @@ def settled_state(
         "unsettled": unsettled,
         "settled": bool(listing) and not unsettled,
     }
-
-
-def first_ct_series_uid(fs: Any, files: Sequence[Mapping[str, Any]]) -> tuple[str | None, str]:
-    """SeriesInstanceUID of the first CT slice among ``files`` (headers only), or ``(None, why)``."""
-    header, why = first_ct_header(fs, files)
-    return (None, why) if header is None else (str(header.SeriesInstanceUID).strip(), "")
 
 
 def slice_files(files: Sequence[Mapping[str, Any]]) -> int:
