@@ -298,8 +298,6 @@ def main() -> int:
 
 def thin_memory(workdir: Path, size: int, slices: int, conf: dict[str, Any]) -> None:
     """Peak memory of each stage on a thin-slice series, against the Kubernetes requests."""
-    from ctdenoise.orchestration.config import load_settings
-
     series_dir = phantom(workdir, size, slices, seed=1)
     compute = compute_stages(workdir / f"thin-{slices}", series_dir, conf)
     (workdir / f"thin-{slices}.json").write_text(json.dumps(compute, default=str, indent=1))

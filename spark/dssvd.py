@@ -187,13 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     plugins_path = _ensure_package()
     from ctdenoise import logs
-    from ctdenoise.job import DssvdBatch
+    from ctdenoise.job import DssvdBatch, batch_exit_code
 
     parts = [parser.parse_args(part) for part in DssvdBatch.split(argv)]
     logs.configure(any(part.verbose for part in parts))
     jobs, refused = checked_jobs(parts)  # before a SparkContext: a missing matrix or a bad parameter
     if not jobs:
-        return refused[0]["exit"] if len(parts) == 1 else report_batch(refused)
+        return batch_exit_code(refused) if len(parts) == 1 else report_batch(refused)
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # pyspark warns about pandas >= 3; this job uses neither pandas nor pyspark.sql.
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def checked_jobs(parts: Sequence[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
     """The jobs whose matrix and parameters pass, and a failure result of each refused one (its
     ``error:`` line printed): a refused series of a batch does not stop the others."""
-    from ctdenoise.errors import classify, exit_code, one_line
+    from ctdenoise.errors import classify, one_line
     from ctdenoise.job import DssvdJob, check_job
     from ctdenoise.matrix_store import open_matrix
 
@@ -230,8 +230,7 @@ def checked_jobs(parts: Sequence[Any]) -> tuple[list[Any], list[dict[str, Any]]]
             jobs.append(job)
         except Exception as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr)
-            refused.append({"matrix": part.matrix, "status": "failed", "kind": classify(exc).value, "reason": one_line(exc),
-                            "exit": exit_code(exc)})  # fmt: skip
+            refused.append({"matrix": part.matrix, "status": "failed", "kind": classify(exc).value, "reason": one_line(exc)})
     return jobs, refused
 
 
@@ -263,7 +262,7 @@ def report_batch(results: list[dict[str, Any]]) -> int:
     from ctdenoise.job import batch_exit_code
 
     for result in results:
-        print(json.dumps({k: v for k, v in result.items() if k != "exit"}, sort_keys=True), flush=True)
+        print(json.dumps(result, sort_keys=True), flush=True)
     return batch_exit_code(results)
 
 

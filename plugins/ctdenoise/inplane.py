@@ -35,6 +35,7 @@ import math
 import numpy as np
 
 from ctdenoise.params import (
+    FILTER_REACH,
     GUIDED_RADIUS,
     NLM_DISTANCE,
     NLM_PATCH,
@@ -130,9 +131,6 @@ def guided(image: np.ndarray, noise: np.ndarray, smoothing: float) -> np.ndarray
     b = mean - a * mean
     return _box(a, size) * x + _box(b, size)
 
-
-FILTER_REACH = NLM_DISTANCE + NLM_PATCH // 2 + 2 * GUIDED_RADIUS
-"""Rows of the image the filters read beyond a row they output (the noise map reads more)."""
 
 
 def filter_slice(image: np.ndarray, first_row: int, total_rows: int, strength: float, smoothing: float,

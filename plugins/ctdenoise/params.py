@@ -96,6 +96,8 @@ NLM_DISTANCE = 4
 GUIDED_RADIUS = 2
 NOISE_BLOCK = 32
 NOISE_WINDOW = 3
+FILTER_REACH = NLM_DISTANCE + NLM_PATCH // 2 + 2 * GUIDED_RADIUS
+"""Rows of the image the filters read beyond a row they output (the noise map reads more)."""
 
 
 def _unique(values: Iterable[Any]) -> tuple[Any, ...]:
@@ -290,7 +292,7 @@ class LocalParams(ParamModel):
         map's (the two blocks a row interpolates between, and each block's variance window)."""
         if self.inplane == Inplane.NONE:
             return 0
-        return NLM_DISTANCE + NLM_PATCH // 2 + 2 * GUIDED_RADIUS + 2 * NOISE_BLOCK + NOISE_WINDOW // 2
+        return FILTER_REACH + 2 * NOISE_BLOCK + NOISE_WINDOW // 2
 
     def key(self) -> str:
         """Name of this setting in the work layout: ``t<tile>-s<stride>-<shrinkage>-m<...>[-<inplane>]``
