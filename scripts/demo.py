@@ -206,15 +206,10 @@ def download(fs, into: Path, everything: bool) -> None:  # noqa: ANN001 (an fssp
     root = f"{BUCKET}/denoised"
     if not fs.exists(root):
         return
-    automatic = set()
-    for path in fs.glob(f"{root}/*/report.json"):
-        report = json.loads(fs.cat_file(path))
-        series = path.rsplit("/", 2)[-2]
-        if report.get("auto_rank"):
-            automatic.add(f"{series}/rank-{report['auto_rank']}")
-        local = report.get("local") or {}
-        if local.get("automatic_multiplier") is not None:
-            automatic.add(f"{series}/local-x{float(local['automatic_multiplier']):g}")
+    from ctdenoise.delivery.choice import published_outputs  # the automatic outputs as the DAG delivers them
+
+    automatic = {f"{path.rsplit('/', 2)[-2]}/{o.name}" for path in fs.glob(f"{root}/*/report.json")
+                 for o in published_outputs(json.loads(fs.cat_file(path))) if o.automatic}  # fmt: skip
     files = [p for p in fs.find(root) if everything or "/dicom/" not in p or "/".join(p[len(root) + 1 :].split("/")[:2]) in automatic]
     for path in files:
         target = into / path[len(root) + 1 :]

@@ -14,7 +14,6 @@ registered-AE rule above is what keeps other hosts from storing or querying.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -27,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import devenv
 
 ORTHANC = "/usr/sbin/Orthanc"
 PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -163,18 +164,10 @@ def _wait_ready(server: Orthanc, users: dict[str, str], seconds: float) -> None:
     raise RuntimeError(f"Orthanc did not answer on {server.http_url} within {seconds} s; log {server.log}")
 
 
-def stop(proc: subprocess.Popen, seconds: float = 20.0) -> None:
-    """SIGTERM Orthanc's process group and wait for it (its storage folder may then be reused)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+def stop(proc: subprocess.Popen) -> None:
+    """Stop Orthanc's process group and wait for it (its storage folder may then be reused)."""
+    if proc.poll() is None:
+        devenv.stop_group(proc)
 
 
 COMPARE_PAGE = """<!doctype html>

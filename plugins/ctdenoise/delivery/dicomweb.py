@@ -70,7 +70,6 @@ def send(dest: DicomWebDestination, series: SeriesInstances) -> SendResult:
 
     web = client(dest)
     result = SendResult()
-    by_uid = series.by_uid()
     for batch in batches(series.instances):
         datasets = [pydicom.dcmread(i.path) for i in batch]
         answer = _post(web, dest, datasets, series)
@@ -84,7 +83,7 @@ def send(dest: DicomWebDestination, series: SeriesInstances) -> SendResult:
                 result.accepted.append(instance.sop_instance_uid)
                 continue
             code = int(item.get("FailureReason", 0x0110))
-            result.refused.append(Refused(sop_instance_uid=instance.sop_instance_uid, file=by_uid[instance.sop_instance_uid].name,
+            result.refused.append(Refused(sop_instance_uid=instance.sop_instance_uid, file=instance.name,
                                           status=hex_code(code), meaning=stow_reason(code)))  # fmt: skip
     return result
 

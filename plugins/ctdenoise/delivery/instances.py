@@ -42,9 +42,6 @@ class SeriesInstances:
     series_instance_uid: str
     instances: tuple[Instance, ...]
 
-    def by_uid(self) -> dict[str, Instance]:
-        return {i.sop_instance_uid: i for i in self.instances}
-
 
 def dicom_folder(src: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """The folder of DICOM files of ``src``: ``<src>/dicom`` of a published output (which must
