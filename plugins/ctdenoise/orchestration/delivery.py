@@ -74,32 +74,36 @@ def deliver_item(item: DeliveryItem, run: Mapping[str, Any], verify_seconds: flo
     from ctdenoise.delivery import deliver
     from ctdenoise.delivery.outcome import DeliveryRecord
     from ctdenoise.errors import CtDenoiseError, TransientError
-    from ctdenoise.report.deliveries import delivered, load_records, write_record
+    from ctdenoise.report.deliveries import delivered, load_records, rebuild, write_record
 
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # a line per PDU otherwise
     already: set[str] = set()
     if run.get("try_number", 1) > 1:  # an earlier try of this task, in this run, may have delivered some
         mine = [r for r in load_records(item.series_url, storage_options) if r.run_id == run.get("run_id")]
         already = {name for output, name, uid in delivered(mine) if (output, uid) == (item.output, item.output_series_uid)}
-    records, failures = [], []
-    for name in item.destinations:
-        if name in already:
+        for name in already & set(item.destinations):
             log.info("%s: delivered to %s on an earlier try", item.label, name)
-            continue
-        try:
-            outcome = deliver(item.output_url, destination(name), storage_options, verify_seconds=verify_seconds)
-        except (CtDenoiseError, TransientError) as exc:  # no answer to record (down, unreadable output)
-            failures.append(exc)
-            continue
-        record = DeliveryRecord(output=item.output, output_url=item.output_url, destination_name=name, outcome=outcome,
-                                automatic=item.automatic, **run)  # fmt: skip
-        write_record(item.series_url, record, storage_options)
-        records.append(record)
-        log.info("%s -> %s: %s, %d sent, %s confirmed", item.label, name, outcome.status.value, outcome.sent, outcome.confirmed)
-        try:
-            outcome.check()
-        except (CtDenoiseError, TransientError) as exc:
-            failures.append(exc)
+    records: list[DeliveryRecord] = []
+    failures: list[Exception] = []
+    try:
+        for name in (n for n in item.destinations if n not in already):
+            try:
+                outcome = deliver(item.output_url, destination(name), storage_options, verify_seconds=verify_seconds)
+            except (CtDenoiseError, TransientError) as exc:  # no answer to record (down, unreadable output)
+                failures.append(exc)
+                continue
+            record = DeliveryRecord(output=item.output, output_url=item.output_url, destination_name=name, outcome=outcome,
+                                    automatic=item.automatic, **run)  # fmt: skip
+            write_record(item.series_url, record, storage_options)
+            records.append(record)
+            log.info("%s -> %s: %s, %d sent, %s confirmed", item.label, name, outcome.status.value, outcome.sent, outcome.confirmed)
+            try:
+                outcome.check()
+            except (CtDenoiseError, TransientError) as exc:
+                failures.append(exc)
+    finally:
+        if records:  # once for the item's records, whatever ended the loop
+            rebuild(item.series_url, storage_options)
     transient = [f for f in failures if isinstance(f, TransientError)]
     if transient or failures:
         raise (transient or failures)[0]

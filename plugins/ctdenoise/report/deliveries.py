@@ -10,8 +10,8 @@ delivery attempt that got an answer writes its own record, one object per output
     <denoised>/<uid>/report.html                              its "Delivered to PACS" section, the same
 
 Several deliver tasks of one series run at once, so the rebuild converges instead of locking:
-a task writes its record, rebuilds from the listing, and lists again; if the listing changed
-meanwhile it rebuilds again. The last task to write therefore wrote from a listing that holds
+a task writes its records (one per destination), rebuilds once from the listing, and lists
+again; if the listing changed meanwhile it rebuilds again. The last task to write therefore wrote from a listing that holds
 every record written before its own (S3 lists what was written, read after write). The report
 step renders the same section from the records present when it writes the page, so a forced
 re-run's page keeps earlier deliveries.
@@ -85,10 +85,9 @@ def splice(page: str, section: str) -> str:
 
 
 def write_record(series_url: str, record: DeliveryRecord, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Write one record, then rebuild ``deliveries.json`` and the page's section (module docstring)."""
+    """Write one record; :func:`rebuild` after a task's records gathers them (module docstring)."""
     url = layout.delivery_record(series_url, record.output, record.destination_name)
     storage.write_bytes(url, (json.dumps(record.as_json(), sort_keys=True, indent=2) + "\n").encode(), storage_options)
-    rebuild(series_url, storage_options)
 
 
 def rebuild(series_url: str, storage_options: Mapping[str, Any] | None = None) -> list[DeliveryRecord]:
